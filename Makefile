@@ -1,0 +1,40 @@
+# kxnet: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CI and the CPU machines take this pinned CPU build; on a GPU machine install your CUDA
+# build of torch into $(VENV) first (it is kept) or pass TORCH="torch==X --index-url ...".
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-full lint format train bench data clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP) ## Create $(VENV) and install kxnet with its test tools
+
+test: install ## Run the fast tests
+	$(PY) -m pytest -m "not slow" -q
+
+test-full: install ## Run every test, the slow ones included
+	$(PY) -m pytest -q
+
+lint: install ## Check style with ruff
+	$(PY) -m ruff check src tests experiments
+	$(PY) -m ruff format --check src tests experiments
+
+format: install ## Format the code with ruff
+	$(PY) -m ruff check --fix src tests experiments
+	$(PY) -m ruff format src tests experiments
+
+clean: ## Remove build and test outputs (keeps $(VENV))
+	rm -rf .pytest_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,40 @@
+"""K-net: one kernel-update stage (paper Eq. 9)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kxnet import physics
+from kxnet.nn.proxnet import ProxNet
+
+__all__ = ["KNet", "KERNEL_AUX_CHANNELS"]
+
+KERNEL_AUX_CHANNELS = 24
+
+
+class KNet(nn.Module):
+    """A gradient step on the kernel, proxNet_K, then projection onto the simplex.
+
+    ``K½ = K − (γ/10)·G_K`` with ``G_K`` the data gradient of :func:`physics.kernel_gradient`;
+    proxNet_K sees K½ (repeated to 3 channels) beside the 24-channel kernel auxiliary variable;
+    ``K = normalise(ReLU(mean(out[:, :3]) + 1e-5))`` is non-negative and sums to 1.
+    """
+
+    def __init__(self, kernel_size: int, scale: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.scale = scale
+        self.gamma = nn.Parameter(torch.tensor(1.0))
+        self.prox_net = ProxNet(3 + KERNEL_AUX_CHANNELS)
+
+    def forward(self, x: Tensor, y: Tensor, k: Tensor, aux_k: Tensor) -> tuple[Tensor, Tensor]:
+        """x: B×3×H×W, y: B×3×h×w, k: B×p×p, aux_k: B×24×p×p → (B×p×p, B×24×p×p)."""
+        residual = physics.blur_downsample(x, k, self.scale) - y
+        grad = physics.kernel_gradient(x, residual, self.kernel_size, self.scale)
+        k_half = k - (self.gamma / 10) * grad
+        batch, p = k.shape[0], self.kernel_size
+        out = self.prox_net(torch.cat([k_half.unsqueeze(1).expand(batch, 3, p, p), aux_k], 1))
+        k_new = F.relu(out[:, :3].mean(dim=1) + 1e-5)
+        return k_new / k_new.sum(dim=(-2, -1), keepdim=True), out[:, 3:]

@@ -1,0 +1,119 @@
+"""KXNet: T unrolled stages of K-net and X-net (paper Fig. 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from kxnet import kernels
+from kxnet.nn.stage import Stage
+from kxnet.nn.xnet import IMAGE_AUX_CHANNELS
+
+__all__ = ["KXNet", "KXNetOutput"]
+
+_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+@dataclass
+class KXNetOutput:
+    """Per-stage estimates, stage 0 (bicubic X⁽⁰⁾, Gaussian K⁽⁰⁾) first.
+
+    ``images[t]``: B×3×H×W, ``kernels[t]``: B×p×p, for t = 0 … T.
+    """
+
+    images: list[Tensor]
+    kernels: list[Tensor]
+
+    @property
+    def sr(self) -> Tensor:
+        """The final SR image X⁽ᵀ⁾: B×3×H×W."""
+        return self.images[-1]
+
+    @property
+    def kernel(self) -> Tensor:
+        """The final kernel estimate K⁽ᵀ⁾: B×p×p."""
+        return self.kernels[-1]
+
+
+class KXNet(nn.Module):
+    """Blind SR network: ``forward(lr)`` with lr B×3×h×w → :class:`KXNetOutput` at h·s×w·s.
+
+    Args:
+        scale: SR factor s (2, 3 or 4).
+        stages: number of stages T; 0 returns the bicubic initialisation (the paper's S = 0).
+        kernel_size: p; defaults to the setting's (21 in Setting 1, 11/15/21 in Setting 2).
+        setting: "iso" or "aniso", which picks the initial kernel auxiliary bank.
+        checkpoint_stages: recompute each stage in the backward pass instead of storing its
+            activations (training memory then grows slowly with T).
+    """
+
+    def __init__(
+        self,
+        scale: int,
+        stages: int = 19,
+        kernel_size: int | None = None,
+        setting: str = "iso",
+        checkpoint_stages: bool = False,
+    ) -> None:
+        super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
+        if kernel_size is None:
+            kernel_size = kernels.kernel_size(setting, scale)
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        if stages < 0:
+            raise ValueError(f"stages must be >= 0, got {stages}")
+        self.scale = scale
+        self.kernel_size = kernel_size
+        self.setting = setting
+        self.checkpoint_stages = checkpoint_stages
+        self.stages = nn.ModuleList(Stage(scale, kernel_size) for _ in range(stages))
+        laplacian = torch.tensor(_LAPLACIAN)
+        self.aux_x_weight = nn.Parameter(laplacian.repeat(IMAGE_AUX_CHANNELS, 3, 1, 1))
+        self.aux_k = nn.Parameter(kernels.auxiliary_bank(setting, kernel_size))
+        k0 = kernels.isotropic_gaussian(torch.tensor([1.0], dtype=torch.float64), kernel_size)
+        self.register_buffer("k0", k0.float(), persistent=False)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def paper_parameter_count(self) -> int:
+        """Parameters as the paper's Table 3 counts them.
+
+        The authors' model also holds a frozen copy of the initial kernel auxiliary bank as a
+        parameter, which their count includes; this model keeps no such copy.
+        """
+        return sum(p.numel() for p in self.parameters()) + self.aux_k.numel()
+
+    def initial_image(self, lr: Tensor) -> Tensor:
+        """X⁽⁰⁾: bicubic upsampling of the LR image, B×3×h×w → B×3×h·s×w·s."""
+        return F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    def forward(self, lr: Tensor, true_kernel: Tensor | None = None) -> KXNetOutput:
+        """lr: B×3×h×w in [0, 1]; ``true_kernel`` (B×p×p) replaces K-net's estimate if given."""
+        if lr.dim() != 4 or lr.shape[1] != 3:
+            raise ValueError(f"KXNet expects B×3×h×w input, got shape {tuple(lr.shape)}")
+        batch = lr.shape[0]
+        x = self.initial_image(lr)
+        k = self.k0.to(lr.dtype).expand(batch, -1, -1)
+        images, kernels_out = [x], [k]
+        if not self.stages:
+            return KXNetOutput(images, kernels_out)
+        aux_x = F.conv2d(lr, self.aux_x_weight.to(lr.dtype), padding=1)
+        aux_k = self.aux_k.to(lr.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        for stage in self.stages:
+            if self.checkpoint_stages and self.training and torch.is_grad_enabled():
+                x, k, aux_x, aux_k = checkpoint(
+                    stage, x, lr, k, aux_x, aux_k, true_kernel, use_reentrant=False
+                )
+            else:
+                x, k, aux_x, aux_k = stage(x, lr, k, aux_x, aux_k, true_kernel)
+            images.append(x)
+            kernels_out.append(k)
+        return KXNetOutput(images, kernels_out)

@@ -1,0 +1,43 @@
+"""One stage of the unrolled network: K-net, then X-net on the new kernel."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from kxnet import physics
+from kxnet.nn.knet import KNet
+from kxnet.nn.xnet import XNet
+
+__all__ = ["Stage"]
+
+
+class Stage(nn.Module):
+    """``K⁽ᵗ⁾ = K-net(X⁽ᵗ⁻¹⁾, K⁽ᵗ⁻¹⁾)``, then ``X⁽ᵗ⁾ = X-net(X⁽ᵗ⁻¹⁾, K⁽ᵗ⁾)``.
+
+    With ``true_kernel`` given, K-net is skipped and X-net uses that kernel (the paper's non-blind
+    check, "KXNet (GT kernel)").
+    """
+
+    def __init__(self, scale: int, kernel_size: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.knet = KNet(kernel_size, scale)
+        self.xnet = XNet(scale)
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        k: Tensor,
+        aux_x: Tensor,
+        aux_k: Tensor,
+        true_kernel: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Shapes as in K-net and X-net; returns (x, k, aux_x, aux_k) of the next stage."""
+        if true_kernel is None:
+            k, aux_k = self.knet(x, y, k, aux_k)
+        else:
+            k = true_kernel
+        ones_t = physics.transpose_ones(k, x.shape[-2:], self.scale)
+        x, aux_x = self.xnet(x, y, k, aux_x, ones_t)
+        return x, k, aux_x, aux_k

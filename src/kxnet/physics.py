@@ -1,0 +1,132 @@
+"""The degradation model ``y = (x ⊗ k)↓s`` and the operators KXNet unrolls (paper Eq. 1, 5-11).
+
+Shapes: ``x`` is B×C×H×W (HR), ``k`` is B×p×p (one kernel per sample, p odd), ``s`` the scale,
+``y`` is B×C×h×w with h = H/s, w = W/s. The blur is a correlation after reflect padding of
+(p-1)/2; the s-fold downsampler keeps the upper-left pixel of every s×s block. Nothing here
+forms the full-resolution blurred image or the unfolded p²×(C·h·w) patch matrix: the blur is a
+strided convolution and the kernel gradient is the weight gradient of that convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "check_shapes",
+    "blur_downsample",
+    "transpose_upsample",
+    "transpose_ones",
+    "adjusted_gradient",
+    "kernel_gradient",
+]
+
+
+def _check_kernels(k: Tensor, batch: int, scale: int) -> None:
+    if k.dim() != 3 or k.shape[-1] != k.shape[-2]:
+        raise ValueError(f"kernels must be B×p×p, got shape {tuple(k.shape)}")
+    if k.shape[0] != batch:
+        raise ValueError(f"{k.shape[0]} kernels for a batch of {batch} images")
+    if k.shape[-1] % 2 == 0:
+        raise ValueError(f"kernel size must be odd, got p={k.shape[-1]}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+
+
+def check_shapes(x: Tensor, k: Tensor, scale: int) -> None:
+    """Raise ``ValueError`` unless x (B×C×H×W), k (B×p×p, p odd) and ``scale`` fit together."""
+    if x.dim() != 4:
+        raise ValueError(f"image must be B×C×H×W, got shape {tuple(x.shape)}")
+    _check_kernels(k, x.shape[0], scale)
+    p = k.shape[-1]
+    height, width = x.shape[-2:]
+    if height % scale or width % scale:
+        raise ValueError(
+            f"image size {height}×{width} is not divisible by scale {scale}: mod-crop it first"
+        )
+    if p // 2 >= min(height, width):
+        raise ValueError(
+            f"kernel size p={p} is too large for a {height}×{width} image "
+            f"(reflect padding needs (p-1)/2 < height and width)"
+        )
+
+
+def _pad(x: Tensor, p: int) -> Tensor:
+    return F.pad(x, [p // 2] * 4, mode="reflect")
+
+
+def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
+    """``A_k x = (x ⊗ k)↓s``: B×C×H×W, B×p×p → B×C×(H/s)×(W/s), one strided convolution.
+
+    The batch runs as the groups of a grouped convolution and the colour channels as its batch,
+    so that each sample is filtered by its own kernel without repeating it per channel.
+    """
+    check_shapes(x, k, scale)
+    xp = _pad(x, k.shape[-1]).transpose(0, 1)
+    y = F.conv2d(xp, k.unsqueeze(1).to(x.dtype), stride=scale, groups=k.shape[0])
+    return y.transpose(0, 1)
+
+
+def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
+    """``k ⊗ₛᵀ e``, the transpose of the zero-padded ``A_k``: B×C×h×w → B×C×(h·s)×(w·s)."""
+    if e.dim() != 4:
+        raise ValueError(f"residual must be B×C×h×w, got shape {tuple(e.shape)}")
+    _check_kernels(k, e.shape[0], scale)
+    p = k.shape[-1]
+    out = F.conv_transpose2d(
+        e.transpose(0, 1),
+        k.unsqueeze(1).to(e.dtype),
+        stride=scale,
+        padding=p // 2,
+        output_padding=scale - 1,
+        groups=k.shape[0],
+    )
+    return out.transpose(0, 1)
+
+
+def _coverage(size: int, p: int, scale: int, like: Tensor) -> Tensor:
+    """0/1 matrix M (size×p): M[I, u] = 1 when kernel row u reaches HR row I from some LR row."""
+    rows = torch.arange(size, device=like.device).unsqueeze(1)
+    taps = torch.arange(p, device=like.device).unsqueeze(0)
+    offset = rows + p // 2 - taps
+    lr_rows = size // scale
+    hit = (offset % scale == 0) & (offset >= 0) & (offset < scale * lr_rows)
+    return hit.to(like.dtype)
+
+
+def transpose_ones(k: Tensor, size: tuple[int, int], scale: int) -> Tensor:
+    """``k ⊗ₛᵀ 1`` for an HR size (H, W): B×1×H×W, the same for every channel.
+
+    Row and column coverage are independent, so the result is ``M_H · k · M_Wᵀ`` with 0/1
+    coverage matrices: two small matrix products instead of a transposed convolution.
+    """
+    height, width = size
+    p = k.shape[-1]
+    rows = _coverage(height, p, scale, k)
+    cols = _coverage(width, p, scale, k)
+    return (rows @ k @ cols.T).unsqueeze(1)
+
+
+def adjusted_gradient(grad: Tensor, ones_t: Tensor, eps: float = 1e-10) -> Tensor:
+    """The gradient adjuster ``Ĝ = G / (k ⊗ₛᵀ 1 + eps)``: B×C×H×W, B×1×H×W → B×C×H×W."""
+    return grad / (ones_t + eps)
+
+
+def kernel_gradient(x: Tensor, r: Tensor, p: int, scale: int) -> Tensor:
+    """K-net data gradient ``(D_s U_f(x))ᵀ vec(r) / (C·h·w)``: B×C×H×W, B×C×h×w → B×p×p.
+
+    ``G[u, v] = Σ_{c,i,j} r[c,i,j] · xpad[c, s·i+u, s·j+v] / (C·h·w)``, the weight gradient of
+    the strided convolution in :func:`blur_downsample`, i.e. the gradient with respect to ``k`` of
+    ``½‖A_k x − y‖² / (C·h·w)`` for ``r = A_k x − y``. It is differentiable in ``x`` and ``r``.
+    """
+    batch, channels, height, width = x.shape
+    if r.shape != (batch, channels, height // scale, width // scale):
+        raise ValueError(
+            f"residual shape {tuple(r.shape)} does not match image {tuple(x.shape)} at x{scale}"
+        )
+    xp = _pad(x, p).transpose(0, 1)
+    grad = torch.nn.grad.conv2d_weight(
+        xp, (batch, 1, p, p), r.transpose(0, 1).to(x.dtype), stride=scale, groups=batch
+    )
+    return grad.squeeze(1) / (channels * r.shape[-2] * r.shape[-1])

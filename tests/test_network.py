@@ -1,0 +1,131 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kxnet import KXNet, kernels, physics
+
+
+@pytest.mark.parametrize(
+    "stages,millions", [(5, "1.72"), (10, "3.42"), (17, "5.82"), (19, "6.50"), (21, "7.18")]
+)
+def test_parameter_counts_match_table_3(stages, millions):
+    model = KXNet(scale=2, stages=stages, setting="aniso")
+    assert f"{model.paper_parameter_count() / 1e6:.2f}" == millions
+
+
+def test_x4_parameter_count_matches_the_authors_model():
+    assert (
+        f"{KXNet(scale=4, stages=19, setting='iso').paper_parameter_count() / 1e6:.2f}" == "27.58"
+    )
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("setting", ["iso", "aniso"])
+def test_output_shapes_and_kernel_constraint(scale, setting):
+    model = KXNet(scale=scale, stages=2, setting=setting).eval()
+    p = kernels.kernel_size(setting, scale)
+    lr = torch.rand(2, 3, 12, 16)
+    with torch.no_grad():
+        out = model(lr)
+    assert len(out.images) == len(out.kernels) == 3
+    for x, k in zip(out.images, out.kernels, strict=True):
+        assert x.shape == (2, 3, 12 * scale, 16 * scale)
+        assert k.shape == (2, p, p)
+        assert (k >= 0).all()
+        torch.testing.assert_close(k.sum((1, 2)), torch.ones(2))
+    assert out.sr is out.images[-1] and out.kernel is out.kernels[-1]
+
+
+def test_zero_stages_is_bicubic_and_gaussian():
+    model = KXNet(scale=3, stages=0, setting="iso")
+    lr = torch.rand(1, 3, 10, 10)
+    out = model(lr)
+    torch.testing.assert_close(
+        out.sr, F.interpolate(lr, scale_factor=3, mode="bicubic", align_corners=False)
+    )
+    torch.testing.assert_close(
+        out.kernel[0], kernels.isotropic_gaussian(torch.tensor([1.0]), 21)[0]
+    )
+    assert sum(p.numel() for p in model.stages.parameters()) == 0
+
+
+def test_gradients_reach_every_parameter():
+    model = KXNet(scale=2, stages=2, setting="aniso")
+    lr = torch.rand(2, 3, 12, 12)
+    out = model(lr)
+    loss = sum(x.abs().mean() for x in out.images[1:]) + sum(
+        k.abs().mean() for k in out.kernels[1:]
+    )
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_eval_is_deterministic():
+    model = KXNet(scale=2, stages=2, setting="aniso").eval()
+    lr = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        a, b = model(lr), model(lr)
+    torch.testing.assert_close(a.sr, b.sr, rtol=0, atol=0)
+    torch.testing.assert_close(a.kernel, b.kernel, rtol=0, atol=0)
+
+
+def test_stage_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(1)
+    plain = KXNet(scale=2, stages=2, setting="aniso")
+    ckpt = KXNet(scale=2, stages=2, setting="aniso", checkpoint_stages=True)
+    ckpt.load_state_dict(plain.state_dict())
+    lr = torch.rand(2, 3, 12, 12)
+    for m in (plain, ckpt):
+        m(lr).sr.square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_true_kernel_replaces_the_estimate():
+    model = KXNet(scale=2, stages=2, setting="aniso").eval()
+    k = kernels.anisotropic_gaussian(
+        torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.5]), 11
+    )
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 12, 12), true_kernel=k)
+    for est in out.kernels[1:]:
+        torch.testing.assert_close(est, k)
+
+
+def test_bad_construction_and_input():
+    with pytest.raises(ValueError, match="scale"):
+        KXNet(scale=5)
+    with pytest.raises(ValueError, match="odd"):
+        KXNet(scale=2, kernel_size=10)
+    with pytest.raises(ValueError, match="stages"):
+        KXNet(scale=2, stages=-1)
+    with pytest.raises(ValueError, match="B×3×h×w"):
+        KXNet(scale=2, stages=1)(torch.rand(1, 1, 8, 8))
+
+
+def test_small_model_overfits_one_batch():
+    """S = 2 on a fixed synthetic batch: the loss of Eq. 12 falls tenfold in 300 steps."""
+    g = torch.Generator().manual_seed(0)
+    hr = F.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=32, mode="bilinear")
+    k, _ = kernels.random_isotropic(2, 11, (0.8, 2.0), g)
+    lr = physics.blur_downsample(hr, k, 2)
+    model = KXNet(scale=2, stages=2, kernel_size=11, setting="iso")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 300)
+
+    def loss_fn():
+        out = model(lr)
+        return sum(
+            wt * ((x - hr).abs().mean() + (kk - k).abs().mean())
+            for wt, x, kk in zip([0.1, 1.0], out.images[1:], out.kernels[1:], strict=True)
+        )
+
+    first = loss_fn().item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert loss_fn().item() < first / 10

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+import kxnet
+from kxnet.official import convert_official_state_dict
+
+FIXTURE = Path(__file__).parent / "fixtures" / "official_x2_s2_p11.pt"
+
+
+@pytest.fixture(scope="module")
+def official():
+    return torch.load(FIXTURE, weights_only=True)
+
+
+def _check_outputs(model, official):
+    with torch.no_grad():
+        out = model(official["lr"])
+    for ours, theirs in zip(out.images[1:], official["sr"], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(out.kernels[1:], official["kernels"], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_loaded_model_reproduces_the_authors_network(official):
+    model = kxnet.load_official(official["state_dict"])
+    assert (model.scale, model.num_stages, model.kernel_size) == (2, 2, 11)
+    _check_outputs(model, official)
+
+
+def test_load_from_a_file_with_module_prefix(official, tmp_path):
+    path = tmp_path / "KXNet_x2.pth"
+    torch.save({"module." + k: v for k, v in official["state_dict"].items()}, path)
+    model = kxnet.load_official(path, scale=2, stages=2, kernel_size=11, setting="aniso")
+    _check_outputs(model, official)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"scale": 4}, "scale=2, but scale=4"),
+        ({"stages": 19}, "stages=2, but stages=19"),
+        ({"kernel_size": 21}, "kernel_size=11, but kernel_size=21"),
+    ],
+)
+def test_refuses_a_checkpoint_that_does_not_fit(official, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kxnet.load_official(official["state_dict"], **kwargs)
+
+
+def test_refuses_something_else():
+    with pytest.raises(ValueError, match="unexpected key 'conv1.weight'"):
+        kxnet.load_official({"conv1.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="no 'kernel_map'"):
+        kxnet.load_official({})
+
+
+def test_conversion_covers_every_parameter(official):
+    converted = convert_official_state_dict(official["state_dict"])
+    model = kxnet.KXNet(scale=2, stages=2, kernel_size=11, setting="aniso")
+    assert set(converted) == set(model.state_dict())

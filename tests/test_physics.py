@@ -1,0 +1,163 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kxnet import kernels, physics
+
+
+def _batch(b, c, h, s, p, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, c, h * s, h * s, generator=g, dtype=dtype)
+    k = torch.rand(b, p, p, generator=g, dtype=dtype)
+    return x, k / k.sum((1, 2), keepdim=True)
+
+
+def _full_blur(x, k, pad_mode):
+    """Reference: blur at full resolution, one sample at a time (correlation)."""
+    p = k.shape[-1]
+    xp = F.pad(x, [p // 2] * 4, mode=pad_mode)
+    return torch.cat(
+        [
+            F.conv2d(xp[i : i + 1].transpose(0, 1), k[i][None, None]).transpose(0, 1)
+            for i in range(len(x))
+        ]
+    )
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+@pytest.mark.parametrize("p", [11, 15, 21])
+def test_blur_downsample_is_full_blur_then_upper_left_pixels(s, p):
+    x, k = _batch(2, 3, 12, s, p)
+    y = physics.blur_downsample(x, k, s)
+    assert y.shape == (2, 3, 12, 12)
+    ref = _full_blur(x, k, "reflect")[..., ::s, ::s]
+    torch.testing.assert_close(y, ref)
+
+
+def test_blur_downsample_is_correlation_not_convolution():
+    x, _ = _batch(1, 1, 16, 2, 5)
+    k = torch.zeros(1, 5, 5, dtype=torch.float64)
+    k[0, 2, 3] = 1.0  # picks the pixel one to the right
+    y = physics.blur_downsample(x, k, 1)
+    torch.testing.assert_close(y[0, 0, 3:-3, 3:-4], x[0, 0, 3:-3, 4:-3])
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+@pytest.mark.parametrize("p", [11, 15, 21])
+def test_kernel_gradient_matches_autograd(s, p):
+    x, k = _batch(2, 3, 12, s, p)
+    y = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    k.requires_grad_(True)
+    r = physics.blur_downsample(x, k, s) - y
+    loss = 0.5 * r.pow(2).sum(dim=(1, 2, 3)) / (3 * 12 * 12)
+    (auto,) = torch.autograd.grad(loss.sum(), k)
+    ours = physics.kernel_gradient(x, r.detach(), p, s)
+    assert ours.shape == (2, p, p)
+    torch.testing.assert_close(ours, auto)
+
+
+def _zero_padded_a(x, k, s):
+    return _full_blur(x, k, "constant")[..., ::s, ::s]
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+@pytest.mark.parametrize("p", [11, 15, 21])
+def test_transpose_is_adjoint_of_zero_padded_operator(s, p):
+    x, k = _batch(2, 3, 12, s, p)
+    e = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    x.requires_grad_(True)
+    (vjp,) = torch.autograd.grad((_zero_padded_a(x, k, s) * e).sum(), x)
+    ours = physics.transpose_upsample(e, k, s)
+    assert ours.shape == x.shape
+    torch.testing.assert_close(ours, vjp)
+    # <A x, e> = <x, Aᵀ e> for the zero-padded operator
+    lhs = (_zero_padded_a(x.detach(), k, s) * e).sum()
+    torch.testing.assert_close(lhs, (x.detach() * ours).sum())
+
+
+@pytest.mark.parametrize("s", [2, 4])
+def test_reflect_padding_changes_the_adjoint_only_near_the_border(s):
+    p = 11
+    x, k = _batch(1, 3, 16, s, p)
+    e = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    x.requires_grad_(True)
+    (reflect_vjp,) = torch.autograd.grad((physics.blur_downsample(x, k, s) * e).sum(), x)
+    diff = (reflect_vjp - physics.transpose_upsample(e, k, s)).abs()
+    assert diff[..., p:-p, p:-p].max() < 1e-12
+    assert diff.max() > 1e-6  # the border does differ
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+@pytest.mark.parametrize("size", [(12, 12), (18, 30)])
+def test_transpose_ones_matches_transposed_convolution_of_ones(s, size):
+    p = 11
+    k = _batch(2, 1, 4, 1, p)[1]
+    h, w = size[0] // s * s, size[1] // s * s
+    ones = torch.ones(2, 1, h // s, w // s, dtype=torch.float64)
+    ref = physics.transpose_upsample(ones, k, s)
+    ours = physics.transpose_ones(k, (h, w), s)
+    assert ours.shape == (2, 1, h, w)
+    torch.testing.assert_close(ours, ref)
+
+
+def test_adjuster_divides_by_coverage():
+    k = kernels.isotropic_gaussian(torch.tensor([1.2], dtype=torch.float64), 11)
+    e = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    g = physics.transpose_upsample(e, k, 2)
+    ones_t = physics.transpose_ones(k, (16, 16), 2)
+    torch.testing.assert_close(physics.adjusted_gradient(g, ones_t) * (ones_t + 1e-10), g)
+
+
+def test_gradcheck_float64():
+    s, p = 2, 5
+    x, k = _batch(1, 2, 4, s, p)
+    x.requires_grad_(True)
+    k.requires_grad_(True)
+    r = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: physics.blur_downsample(a, b, s), (x, k))
+    assert torch.autograd.gradcheck(lambda a, b: physics.transpose_upsample(a, b, s), (r, k))
+    assert torch.autograd.gradcheck(lambda a, b: physics.kernel_gradient(a, b, p, s), (x, r))
+    assert torch.autograd.gradgradcheck(lambda a, b: physics.kernel_gradient(a, b, p, s), (x, r))
+    assert torch.autograd.gradcheck(lambda b: physics.transpose_ones(b, (8, 8), s), (k,))
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    s, p = 2, 11
+    x, k = _batch(2, 3, 12, s, p)
+    y = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    ref_a = physics.blur_downsample(x, k, s)
+    ref_t = physics.transpose_upsample(y, k, s)
+    ref_g = physics.kernel_gradient(x, y, p, s)
+    x_cl, y_cl = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
+    x_nc = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    k_nc = k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    y_nc = torch.rand(2, 3, 24, 12, dtype=torch.float64)[:, :, ::2]
+    y_nc.copy_(y)
+    assert not x_nc.is_contiguous() and not y_nc.is_contiguous() and not k_nc.is_contiguous()
+    for xx, yy, kk in [(x_cl, y_cl, k), (x_nc, y_nc, k_nc)]:
+        torch.testing.assert_close(physics.blur_downsample(xx, kk, s), ref_a)
+        torch.testing.assert_close(physics.transpose_upsample(yy, kk, s), ref_t)
+        torch.testing.assert_close(physics.kernel_gradient(xx, yy, p, s), ref_g)
+
+
+def test_clear_errors():
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="odd"):
+        physics.blur_downsample(x, torch.rand(1, 4, 4), 2)
+    with pytest.raises(ValueError, match="too large"):
+        physics.blur_downsample(x, torch.rand(1, 33, 33), 2)
+    with pytest.raises(ValueError, match="not divisible by scale 3"):
+        physics.blur_downsample(x, torch.rand(1, 5, 5), 3)
+    with pytest.raises(ValueError, match="kernels for a batch"):
+        physics.blur_downsample(x, torch.rand(2, 5, 5), 2)
+    with pytest.raises(ValueError, match="odd"):
+        physics.transpose_upsample(torch.rand(1, 3, 8, 8), torch.rand(1, 6, 6), 2)
+    with pytest.raises(ValueError, match="residual shape"):
+        physics.kernel_gradient(x, torch.rand(1, 3, 7, 8), 5, 2)
+
+
+def test_float32_matches_float64():
+    s, p = 3, 15
+    x, k = _batch(2, 3, 10, s, p)
+    y = physics.blur_downsample(x, k, s)
+    torch.testing.assert_close(physics.blur_downsample(x.float(), k.float(), s), y.float())
