@@ -1,0 +1,1 @@
+"""Data: image folders, on-device degradation synthesis, benchmark test sets, the DataModule."""
