@@ -36,5 +36,8 @@ format: install ## Format the code with ruff
 	$(PY) -m ruff check --fix src tests experiments
 	$(PY) -m ruff format src tests experiments
 
+bench: install ## Time KXNet against the authors' formulation (extra Hydra overrides: ARGS="scale=2 ...")
+	$(PY) -m kxnet.bench $(ARGS)
+
 clean: ## Remove build and test outputs (keeps $(VENV))
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

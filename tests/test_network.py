@@ -129,3 +129,65 @@ def test_small_model_overfits_one_batch():
         opt.step()
         sched.step()
     assert loss_fn().item() < first / 10
+
+
+def _twins(**options):
+    torch.manual_seed(2)
+    plain = KXNet(scale=2, stages=2, setting="aniso")
+    other = KXNet(scale=2, stages=2, setting="aniso", **options)
+    other.load_state_dict(plain.state_dict())
+    return plain, other
+
+
+def _grads(model, lr):
+    out = model(lr)
+    loss = out.sr.abs().mean() + sum(k.square().sum() for k in out.kernels[1:])
+    return out, torch.autograd.grad(loss, list(model.parameters()))
+
+
+def test_channels_last_and_recomputed_data_terms_change_nothing_but_rounding():
+    lr = torch.rand(2, 3, 12, 14)
+    for options in ({"channels_last": True}, {"recompute_data_terms": True}):
+        plain, other = _twins(**options)
+        assert other.state_dict().keys() == plain.state_dict().keys()
+        (out_a, grads_a), (out_b, grads_b) = _grads(plain, lr), _grads(other, lr)
+        torch.testing.assert_close(out_b.sr, out_a.sr, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out_b.kernel, out_a.kernel, rtol=1e-5, atol=1e-7)
+        for name, a, b in zip(dict(plain.named_parameters()), grads_a, grads_b, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_inference_can_keep_only_the_final_stage():
+    model = KXNet(scale=2, stages=3, setting="aniso").eval()
+    lr = torch.rand(1, 3, 10, 12)
+    with torch.inference_mode():
+        every, final = model(lr), model(lr, keep_stages=False)
+    assert len(final.images) == len(final.kernels) == 1
+    torch.testing.assert_close(final.sr, every.sr, rtol=0, atol=0)
+    torch.testing.assert_close(final.kernel, every.kernel, rtol=0, atol=0)
+
+
+def test_bfloat16_autocast_runs_only_the_proximal_networks_in_bfloat16():
+    plain, fast = _twins(channels_last=True)
+    lr = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        ref = plain(lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast(lr)
+    assert all(x.dtype == torch.float32 for x in out.images + out.kernels)
+    torch.testing.assert_close(out.kernel.sum((1, 2)), torch.ones(2))
+    assert (out.kernel >= 0).all()
+    assert (out.sr - ref.sr).abs().mean() < 1e-2
+    assert (out.kernel - ref.kernel).abs().max() < 0.1 * ref.kernel.max()
+
+
+@pytest.mark.slow
+def test_compiled_stages_match_eager():
+    eager, compiled = _twins(compile=True, channels_last=True)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    lr = torch.rand(2, 3, 12, 12)
+    (out_a, grads_a), (out_b, grads_b) = _grads(eager, lr), _grads(compiled, lr)
+    torch.testing.assert_close(out_b.sr, out_a.sr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_b.kernel, out_a.kernel, rtol=1e-4, atol=1e-6)
+    for name, a, b in zip(dict(eager.named_parameters()), grads_a, grads_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=name)

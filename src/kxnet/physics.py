@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "full_precision",
     "check_shapes",
     "blur_downsample",
     "transpose_upsample",
@@ -21,6 +22,15 @@ __all__ = [
     "adjusted_gradient",
     "kernel_gradient",
 ]
+
+
+def full_precision(like: Tensor) -> torch.autocast:
+    """A context that turns autocast off on ``like``'s device: these operators run in float32.
+
+    The data terms (residuals, gradients, the adjuster and the kernel normalisation) lose too much
+    in bfloat16, and they cost little next to the proximal networks that autocast speeds up.
+    """
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def _check_kernels(k: Tensor, batch: int, scale: int) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from kxnet import kernels
+from kxnet import kernels, physics
 from kxnet.nn.stage import Stage
 from kxnet.nn.xnet import IMAGE_AUX_CHANNELS
 
@@ -49,6 +49,18 @@ class KXNet(nn.Module):
         setting: "iso" or "aniso", which picks the initial kernel auxiliary bank.
         checkpoint_stages: recompute each stage in the backward pass instead of storing its
             activations (training memory then grows slowly with T).
+        channels_last: run the proximal networks' convolutions in the channels-last layout
+            (faster with oneDNN on CPU; results differ from the default layout by rounding).
+        recompute_data_terms: in training, recompute the stages' data terms (residuals, data
+            gradients, adjuster) in the backward pass instead of storing their intermediates;
+            they are cheap to recompute, and their padded full-resolution copies are not small.
+            Without effect when ``checkpoint_stages`` recomputes whole stages.
+        compile: ``torch.compile`` each stage: ``False``, ``True`` (the default mode) or a mode
+            name such as ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. Parameter
+            names and the state dict are those of the eager model.
+
+    Under ``torch.autocast`` only the proximal networks run in the lower precision; the data
+    terms, the kernel normalisation and the returned estimates stay in float32.
     """
 
     def __init__(
@@ -58,6 +70,9 @@ class KXNet(nn.Module):
         kernel_size: int | None = None,
         setting: str = "iso",
         checkpoint_stages: bool = False,
+        channels_last: bool = False,
+        recompute_data_terms: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if scale not in (2, 3, 4):
@@ -72,12 +87,22 @@ class KXNet(nn.Module):
         self.kernel_size = kernel_size
         self.setting = setting
         self.checkpoint_stages = checkpoint_stages
-        self.stages = nn.ModuleList(Stage(scale, kernel_size) for _ in range(stages))
+        self.channels_last = channels_last
+        recompute = recompute_data_terms and not checkpoint_stages
+        self.stages = nn.ModuleList(
+            Stage(scale, kernel_size, channels_last, recompute) for _ in range(stages)
+        )
         laplacian = torch.tensor(_LAPLACIAN)
         self.aux_x_weight = nn.Parameter(laplacian.repeat(IMAGE_AUX_CHANNELS, 3, 1, 1))
         self.aux_k = nn.Parameter(kernels.auxiliary_bank(setting, kernel_size))
         k0 = kernels.isotropic_gaussian(torch.tensor([1.0], dtype=torch.float64), kernel_size)
         self.register_buffer("k0", k0.float(), persistent=False)
+        if channels_last:
+            self.stages.to(memory_format=torch.channels_last)
+        if compile:
+            mode = None if compile is True else str(compile)
+            for stage in self.stages:
+                stage.compile(mode=mode)
 
     @property
     def num_stages(self) -> int:
@@ -95,18 +120,24 @@ class KXNet(nn.Module):
         """X⁽⁰⁾: bicubic upsampling of the LR image, B×3×h×w → B×3×h·s×w·s."""
         return F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
-    def forward(self, lr: Tensor, true_kernel: Tensor | None = None) -> KXNetOutput:
-        """lr: B×3×h×w in [0, 1]; ``true_kernel`` (B×p×p) replaces K-net's estimate if given."""
+    def forward(
+        self, lr: Tensor, true_kernel: Tensor | None = None, keep_stages: bool = True
+    ) -> KXNetOutput:
+        """lr: B×3×h×w in [0, 1]; ``true_kernel`` (B×p×p) replaces K-net's estimate if given.
+
+        With ``keep_stages=False`` the output holds only the final estimates (``images`` and
+        ``kernels`` of length 1), so that inference does not keep every stage's image alive.
+        """
         if lr.dim() != 4 or lr.shape[1] != 3:
             raise ValueError(f"KXNet expects B×3×h×w input, got shape {tuple(lr.shape)}")
         batch = lr.shape[0]
         x = self.initial_image(lr)
         k = self.k0.to(lr.dtype).expand(batch, -1, -1)
         images, kernels_out = [x], [k]
-        if not self.stages:
-            return KXNetOutput(images, kernels_out)
-        aux_x = F.conv2d(lr, self.aux_x_weight.to(lr.dtype), padding=1)
-        aux_k = self.aux_k.to(lr.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        if self.stages:
+            with physics.full_precision(lr):
+                aux_x = F.conv2d(lr, self.aux_x_weight.to(lr.dtype), padding=1)
+            aux_k = self.aux_k.to(lr.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         for stage in self.stages:
             if self.checkpoint_stages and self.training and torch.is_grad_enabled():
                 x, k, aux_x, aux_k = checkpoint(
@@ -114,6 +145,9 @@ class KXNet(nn.Module):
                 )
             else:
                 x, k, aux_x, aux_k = stage(x, lr, k, aux_x, aux_k, true_kernel)
-            images.append(x)
-            kernels_out.append(k)
+            if keep_stages:
+                images.append(x)
+                kernels_out.append(k)
+        if not keep_stages:
+            images, kernels_out = [x], [k]
         return KXNetOutput(images, kernels_out)

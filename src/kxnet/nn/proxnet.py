@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,19 +20,38 @@ class ProxNet(nn.Module):
 
     ``x_i = ReLU(x_{i−1} + 0.1·f_i(x_{i−1}))`` for i = 1…4 with ``f = conv → ReLU → conv``, and
     ``out = ReLU(in + 0.1·conv(x_4))``. Input and output: B×C×h×w.
+
+    With ``channels_last`` the input is laid out channels-last before the convolutions (the
+    caller converts the weights), which is the faster layout of oneDNN and cuDNN convolutions.
     """
 
-    def __init__(self, channels: int, res_scale: float = 0.1) -> None:
+    def __init__(self, channels: int, res_scale: float = 0.1, channels_last: bool = False) -> None:
         super().__init__()
         self.channels = channels
         self.res_scale = res_scale
+        self.channels_last = channels_last
         self.blocks = nn.ModuleList(
             nn.Sequential(_conv(channels), nn.ReLU(inplace=True), _conv(channels)) for _ in range(4)
         )
         self.out = _conv(channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, split: Sequence[slice] | None = None) -> Tensor | list[Tensor]:
+        """x: B×C×h×w → B×C×h×w; with ``split``, one tensor per slice of output channels.
+
+        The output channels outside ``split`` are never computed: the output convolution runs on
+        the rows of its weight that each slice names.
+        """
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = x
         for block in self.blocks:
-            h = F.relu(h + self.res_scale * block(h))
-        return F.relu(x + self.res_scale * self.out(h))
+            h = torch.add(h, block(h), alpha=self.res_scale).relu_()
+        if split is None:
+            return torch.add(x, self.out(h), alpha=self.res_scale).relu_()
+        weight, bias = self.out.weight, self.out.bias
+        return [
+            torch.add(
+                x[:, part], F.conv2d(h, weight[part], bias[part], padding=1), alpha=self.res_scale
+            ).relu_()
+            for part in split
+        ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kxnet import physics
 from kxnet.nn.knet import KNet
 from kxnet.nn.xnet import XNet
 
@@ -15,14 +14,21 @@ class Stage(nn.Module):
     """``K⁽ᵗ⁾ = K-net(X⁽ᵗ⁻¹⁾, K⁽ᵗ⁻¹⁾)``, then ``X⁽ᵗ⁾ = X-net(X⁽ᵗ⁻¹⁾, K⁽ᵗ⁾)``.
 
     With ``true_kernel`` given, K-net is skipped and X-net uses that kernel (the paper's non-blind
-    check, "KXNet (GT kernel)").
+    check, "KXNet (GT kernel)"). ``channels_last`` and ``recompute_data_terms`` are passed to
+    K-net and X-net.
     """
 
-    def __init__(self, scale: int, kernel_size: int) -> None:
+    def __init__(
+        self,
+        scale: int,
+        kernel_size: int,
+        channels_last: bool = False,
+        recompute_data_terms: bool = False,
+    ) -> None:
         super().__init__()
         self.scale = scale
-        self.knet = KNet(kernel_size, scale)
-        self.xnet = XNet(scale)
+        self.knet = KNet(kernel_size, scale, channels_last, recompute_data_terms)
+        self.xnet = XNet(scale, channels_last, recompute_data_terms)
 
     def forward(
         self,
@@ -38,6 +44,5 @@ class Stage(nn.Module):
             k, aux_k = self.knet(x, y, k, aux_k)
         else:
             k = true_kernel
-        ones_t = physics.transpose_ones(k, x.shape[-2:], self.scale)
-        x, aux_x = self.xnet(x, y, k, aux_x, ones_t)
+        x, aux_x = self.xnet(x, y, k, aux_x)
         return x, k, aux_x, aux_k

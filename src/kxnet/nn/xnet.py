@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from kxnet import physics
 from kxnet.nn.proxnet import ProxNet
@@ -24,24 +25,42 @@ class XNet(nn.Module):
 
     proxNet_X sees space-to-depth(X), space-to-depth(Ĝ_X), Y and the image auxiliary variable
     (6s² + 35 channels); the new X is depth-to-space of the first 3s² output channels and the
-    next auxiliary variable is channels 6s²+3 onwards.
+    next auxiliary variable is channels 6s²+3 onwards. The output channels in between are never
+    used, so proxNet_X's last convolution skips them. Everything but proxNet_X runs in float32
+    also under autocast. With ``recompute_data_term`` the adjusted gradient keeps only its inputs
+    for the backward pass and runs again there.
     """
 
-    def __init__(self, scale: int) -> None:
+    def __init__(
+        self, scale: int, channels_last: bool = False, recompute_data_term: bool = False
+    ) -> None:
         super().__init__()
         self.scale = scale
-        self.prox_net = ProxNet(xnet_channels(scale))
+        self.recompute_data_term = recompute_data_term
+        self.prox_net = ProxNet(xnet_channels(scale), channels_last=channels_last)
+        self.used_channels = (slice(0, 3 * scale**2), slice(6 * scale**2 + 3, None))
 
-    def forward(
-        self, x: Tensor, y: Tensor, k: Tensor, aux_x: Tensor, ones_t: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """x: B×3×H×W, y: B×3×h×w, k: B×p×p, aux_x: B×32×h×w, ones_t = k ⊗ₛᵀ 1: B×1×H×W.
+    def adjusted_gradient(self, x: Tensor, y: Tensor, k: Tensor) -> Tensor:
+        """``Ĝ_X = (K ⊗ₛᵀ (A_K X − Y)) / (K ⊗ₛᵀ 1 + 1e−10)``: B×3×H×W, B×3×h×w, B×p×p → B×3×H×W."""
+        s = self.scale
+        with physics.full_precision(x):
+            residual = physics.blur_downsample(x, k, s) - y
+            ones_t = physics.transpose_ones(k, x.shape[-2:], s)
+            return physics.adjusted_gradient(physics.transpose_upsample(residual, k, s), ones_t)
 
-        Returns the new image (B×3×H×W) and auxiliary variable (B×32×h×w).
+    def forward(self, x: Tensor, y: Tensor, k: Tensor, aux_x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: B×3×H×W, y: B×3×h×w, k: B×p×p, aux_x: B×32×h×w.
+
+        Returns the new image (B×3×H×W) and auxiliary variable (B×32×h×w), in x's dtype also under
+        autocast: only proxNet_X runs in the autocast precision.
         """
         s = self.scale
-        residual = physics.blur_downsample(x, k, s) - y
-        grad = physics.adjusted_gradient(physics.transpose_upsample(residual, k, s), ones_t)
-        inp = torch.cat([F.pixel_unshuffle(x, s), F.pixel_unshuffle(grad, s), y, aux_x], 1)
-        out = self.prox_net(inp)
-        return F.pixel_shuffle(out[:, : 3 * s * s], s), out[:, 6 * s * s + 3 :]
+        if self.recompute_data_term and torch.is_grad_enabled():
+            grad = checkpoint(
+                self.adjusted_gradient, x, y, k, use_reentrant=False, preserve_rng_state=False
+            )
+        else:
+            grad = self.adjusted_gradient(x, y, k)
+        parts = [F.pixel_unshuffle(x, s), F.pixel_unshuffle(grad, s), y, aux_x]
+        x_part, aux_part = self.prox_net(torch.cat(parts, 1), self.used_channels)
+        return F.pixel_shuffle(x_part.to(x.dtype), s), aux_part.to(x.dtype)
