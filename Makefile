@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format train bench data clean
+.PHONY: help install test test-full lint format train bench bench-gpu data clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -38,6 +38,9 @@ format: install ## Format the code with ruff
 
 bench: install ## Time KXNet against the authors' formulation (extra Hydra overrides: ARGS="scale=2 ...")
 	$(PY) -m kxnet.bench $(ARGS)
+
+bench-gpu: install ## The GPU figures: x4 S=19 batch 12 (fp32/bf16, eager/compiled), Set5 x2 (ARGS=--smoke: tiny, CPU)
+	$(PY) experiments/bench_gpu.py $(ARGS)
 
 clean: ## Remove build and test outputs (keeps $(VENV))
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from kxnet.bench import HOT_SPOTS, TARGETS
@@ -64,3 +65,48 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     assert report["results"]["train/kxnet_checkpointed"]["flops"] > train
     assert set(report["targets"]) == set(TARGETS)
     assert report["targets"]["train_time_ratio"]["value"] > 0
+
+
+def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
+    def bench(*overrides):
+        return subprocess.run(
+            [sys.executable, "-m", "kxnet.bench", *overrides, f"hydra.run.dir={tmp_path}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    for overrides, message in [
+        (["phases=[train,bogus]"], "phases must be a non-empty list"),
+        (["dtype=float16"], "dtype must be one of"),
+        (["infer.image=Set5/missing.png"], "missing.png does not exist"),
+    ]:
+        done = bench(*overrides)
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "bench.json").exists()
+    done = bench(
+        "phases=[synthesis]", "model.stages=1", "batch=1", "lr_size=8", "threads=1", "rss=false"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report["results"]) == {"synthesis/kxnet", "synthesis/authors"}
+    assert report["infer_input"] is None
+    assert report["targets"]["synthesis_fraction_of_step"]["value"] is None
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_in_its_reduced_cpu_form(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "experiments/bench_gpu.py", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "failed" not in done.stdout, done.stdout[-3000:]
+    reports = sorted(tmp_path.glob("*/bench.json"))
+    assert len(reports) == 5
+    compiled = json.loads(reports[2].read_text())
+    assert compiled["config"]["model"]["compile"] is True

@@ -4,9 +4,11 @@ For one configuration (scale, setting, stages, batch, LR patch, device, dtype) i
 
 - the training step (forward, the loss of Eq. 12, backward, Adam step) and the inference pass
   (``torch.inference_mode``, one benchmark image): wall time after warm-up over repetitions
-  (median, min, max), the process CPU time, and the time of the first call (compilation);
-- the peak memory of each (see :mod:`kxnet.measure`: CUDA allocator, or RSS on CPU, over what
-  exists before the step), every measurement in a fresh process;
+  (median, min, max), the process CPU time, and the time of the first call (compilation); the
+  variants of a phase are timed in turns in one fresh process, so that load drifts hit all;
+- the peak memory of each, over what exists before the call (see :mod:`kxnet.measure`): the
+  tensors' peak (CUDA allocator, or the profiler's record of allocations on CPU), and on CPU the
+  resident-set growth, in a fresh process per variant;
 - the model FLOPs, the achieved FLOP/s, and the convolutions' FLOP/s as a fraction of the dense
   matrix-multiply peak measured in the same run;
 - the synthesis of a training batch (random kernels, blur and downsample, noise);
@@ -38,7 +40,7 @@ from kxnet.config import CONFIG_DIR, resolve_path
 from kxnet.data.images import read_image
 from kxnet.nn import KXNet, KXNetOutput
 
-__all__ = ["run", "main", "TARGETS"]
+__all__ = ["run", "main", "TARGETS", "format_seconds", "format_bytes", "format_ratio"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -59,7 +61,7 @@ def _loss(out: KXNetOutput, hr: torch.Tensor, kernel: torch.Tensor) -> torch.Ten
     total = hr.new_zeros(())
     for t, (x, k) in enumerate(zip(out.images[1:], out.kernels[1:], strict=True), 1):
         weight = 1.0 if t == stages else 0.1
-        total = total + weight * ((x.float() - hr).abs().mean() + (k.float() - kernel).abs().mean())
+        total = total + weight * ((x - hr).abs().mean() + (k - kernel).abs().mean())
     return total
 
 
@@ -302,7 +304,13 @@ def _infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     return (lr * 255).round().clamp(0, 255) / 255, str(path)
 
 
+PHASES = ("train", "infer", "synthesis", "hot_spots")
+
+
 def _check(cfg: DictConfig) -> None:
+    unknown = set(cfg.phases) - set(PHASES)
+    if unknown or not cfg.phases:
+        raise ValueError(f"phases must be a non-empty list of {list(PHASES)}, got {cfg.phases}")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     for key in ("batch", "lr_size", "repeats"):
@@ -348,17 +356,17 @@ def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict
         "dtype": "float32",
     }
     sides = {"kxnet": ours} | ({"authors": theirs} if cfg.compare.authors else {})
-    phases: dict[str, dict[str, dict]] = {"train": {}, "infer": {}, "synthesis": {}}
-    for phase in phases:
-        for side, spec in sides.items():
-            phases[phase][side] = spec | {"kind": phase}
-    if cfg.compare.checkpointing and not cfg.model.checkpoint_stages:
+    phases: dict[str, dict[str, dict]] = {}
+    for phase in ("train", "infer", "synthesis"):
+        if phase in cfg.phases:
+            phases[phase] = {side: spec | {"kind": phase} for side, spec in sides.items()}
+    if "train" in phases and cfg.compare.checkpointing and not cfg.model.checkpoint_stages:
         checkpointed = ours | {"kind": "train", "checkpoint_stages": True}
         phases["train"] = {
             "kxnet": phases["train"]["kxnet"],
             "kxnet_checkpointed": checkpointed,
         } | phases["train"]
-    if cfg.hot_spots.enabled:
+    if "hot_spots" in cfg.phases:
         for name in HOT_SPOTS:
             phases[f"hot_spot/{name}"] = {
                 side: spec | {"kind": "hot_spot", "hot_spot": name, "dtype": "float32"}
@@ -395,8 +403,9 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
     def vs(name: str, key: str) -> float | None:
         return results.get(name, {}).get("vs_authors", {}).get(key)
 
-    train = results["train/kxnet"]
-    synthesis = results["synthesis/kxnet"]["wall_s"]["median"]
+    train = results.get("train/kxnet", {})
+    step = train.get("wall_s", {}).get("median")
+    synthesis = results.get("synthesis/kxnet", {}).get("wall_s", {}).get("median")
     measured = {
         "train_time_ratio": vs("train/kxnet", "wall_s"),
         "train_memory_ratio": None if checkpointed else vs("train/kxnet", "memory"),
@@ -405,7 +414,7 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
         ),
         "infer_time_ratio": vs("infer/kxnet", "wall_s"),
         "conv_fraction_of_peak": train.get("conv_fraction_of_peak"),
-        "synthesis_fraction_of_step": _ratio(synthesis, train["wall_s"]["median"]),
+        "synthesis_fraction_of_step": _ratio(synthesis, step),
     }
     targets = {}
     for key, (label, op, bound) in TARGETS.items():
@@ -415,17 +424,17 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
     return targets
 
 
-def _fmt_s(seconds: float | None) -> str:
+def format_seconds(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds):
         return "–"
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _fmt_b(n: float | None) -> str:
+def format_bytes(n: float | None) -> str:
     return "–" if n is None else f"{n / 2**20:.1f} MiB"
 
 
-def _fmt_x(r: float | None) -> str:
+def format_ratio(r: float | None) -> str:
     return "–" if r is None else f"{r:.2f}×"
 
 
@@ -438,12 +447,12 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 def _print(report: dict[str, Any], console: Console) -> None:
     res, cfg, dev = report["results"], report["config"], report["device"]
-    lr_h, lr_w = report["infer_input"]["lr_shape"][-2:]
+    infer = report["infer_input"]
+    shape = "" if infer is None else f" · infer: LR {infer['lr_shape'][-1]}×{infer['lr_shape'][-2]}"
     title = (
         f"KXNet x{cfg['scale']}, S={cfg['model']['stages']}, {cfg['setting']['name']}, "
         f"p={cfg['model']['kernel_size']}, {cfg['dtype']} · train: batch {cfg['batch']}, "
-        f"LR {cfg['lr_size']}×{cfg['lr_size']} · infer: LR {lr_w}×{lr_h} · "
-        f"{dev['name']}, {dev['threads']} threads"
+        f"LR {cfg['lr_size']}×{cfg['lr_size']}{shape} · {dev['name']}, {dev['threads']} threads"
     )
     columns = ("task", "time", "spread", "CPU time", "memory", "RSS", "GFLOP", "conv/peak")
     table = _table(title, columns + ("time ×auth.", "CPU ×auth.", "memory ×auth."))
@@ -453,28 +462,28 @@ def _print(report: dict[str, Any], console: Console) -> None:
     )
     for name, r in res.items():
         wall, vs = r["wall_s"], r.get("vs_authors", {})
-        ratios = [_fmt_x(vs.get(key)) if vs else "" for key in ("wall_s", "cpu_s", "memory")]
+        ratios = [format_ratio(vs.get(key)) if vs else "" for key in ("wall_s", "cpu_s", "memory")]
         if name.startswith("hot_spot/"):
             if not name.endswith("/kxnet"):
                 continue
             theirs = res[name.replace("/kxnet", "/authors")]
             spots.add_row(
                 HOT_SPOTS[name.split("/")[1]][0],
-                _fmt_s(wall["median"]),
-                _fmt_s(theirs["wall_s"]["median"]),
+                format_seconds(wall["median"]),
+                format_seconds(theirs["wall_s"]["median"]),
                 *ratios[:2],
-                _fmt_b(r["memory"]["peak_bytes"]),
-                _fmt_b(theirs["memory"]["peak_bytes"]),
+                format_bytes(r["memory"]["peak_bytes"]),
+                format_bytes(theirs["memory"]["peak_bytes"]),
                 ratios[2],
             )
             continue
         table.add_row(
             name,
-            _fmt_s(wall["median"]),
+            format_seconds(wall["median"]),
             f"±{(wall['max'] - wall['min']) / 2 / wall['median']:.0%}",
-            _fmt_s(r["cpu_s"]["median"]),
-            _fmt_b(r["memory"]["peak_bytes"]),
-            _fmt_b(r["rss"]["step"]) if "rss" in r else "–",
+            format_seconds(r["cpu_s"]["median"]),
+            format_bytes(r["memory"]["peak_bytes"]),
+            format_bytes(r["rss"]["step"]) if "rss" in r else "–",
             f"{r['flops'] / 1e9:.1f}" if "flops" in r else "–",
             f"{r['conv_fraction_of_peak']:.0%}" if "conv_fraction_of_peak" in r else "–",
             *ratios,
@@ -496,7 +505,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     _check(cfg)
     device = _device(cfg.device)
-    infer_lr, image = _infer_input(cfg)
+    infer_lr, image = _infer_input(cfg) if "infer" in cfg.phases else (None, None)
     phases = _plan(cfg, device, infer_lr)
     results: dict[str, dict] = {}
     peak: dict[str, float] = {}
@@ -509,7 +518,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
             "dtype": str(cfg.dtype),
             "warmup": int(reps.warmup),
             "repeats": int(reps.repeats),
-            "matmul_peak": phase == "train",
+            "matmul_peak": not peak and phase in ("train", "infer"),
         }
         console.log(f"timing {phase}: {', '.join(specs)}")
         out = measure.run_isolated(measure_phase, specs, common)
@@ -519,9 +528,10 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
                 console.log(f"resident memory of {phase}/{side}")
                 result["rss"] = measure.run_isolated(measure_rss, specs[side])
             results[f"{phase}/{side}"] = result
-    for result in results.values():
+    for name, result in results.items():
         if "conv_flops_per_s" in result:
-            result["conv_fraction_of_peak"] = result["conv_flops_per_s"] / peak[str(cfg.dtype)]
+            rate = peak["float32" if name.endswith("/authors") else str(cfg.dtype)]
+            result["conv_fraction_of_peak"] = result["conv_flops_per_s"] / rate
     _ratios(results)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     report = {
@@ -532,7 +542,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
             "threads": cfg.threads or torch.get_num_threads(),
         },
         "torch": torch.__version__,
-        "infer_input": {"image": image, "lr_shape": list(infer_lr.shape)},
+        "infer_input": image and {"image": image, "lr_shape": list(infer_lr.shape)},
         "matmul_peak_flops_per_s": peak,
         "results": results,
         "targets": _targets(results, bool(cfg.model.checkpoint_stages)),

@@ -274,12 +274,22 @@ def count_flops(fn: Callable[[], object]) -> dict[str, int]:
 def matmul_peak(
     device: torch.device, dtype: torch.dtype = torch.float32, size: int = 0, repeats: int = 5
 ) -> float:
-    """The best FLOP/s of a dense square matrix product over ``repeats`` runs (after one)."""
+    """The best FLOP/s of a dense square matrix product over ``repeats`` runs (after one).
+
+    On CUDA a float32 product may use TF32 exactly when cuDNN convolutions may
+    (``torch.backends.cudnn.allow_tf32``), so that the peak is that of the convolutions' math.
+    """
     size = size or (8192 if device.type == "cuda" else 2048)
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, generator=generator, device=device).to(dtype)
     b = torch.randn(size, size, generator=generator, device=device).to(dtype)
-    timing = time_calls(lambda: a @ b, device, warmup=1, repeats=repeats)
+    matmul = torch.backends.cuda.matmul
+    tf32 = matmul.allow_tf32
+    matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
+    try:
+        timing = time_calls(lambda: a @ b, device, warmup=1, repeats=repeats)
+    finally:
+        matmul.allow_tf32 = tf32
     return 2 * size**3 / min(timing.wall)
 
 
