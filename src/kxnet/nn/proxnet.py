@@ -38,8 +38,10 @@ class ProxNet(nn.Module):
     def forward(self, x: Tensor, split: Sequence[slice] | None = None) -> Tensor | list[Tensor]:
         """x: B×C×h×w → B×C×h×w; with ``split``, one tensor per slice of output channels.
 
-        The output channels outside ``split`` are never computed: the output convolution runs on
-        the rows of its weight that each slice names.
+        With ``split`` the output channels outside the slices are never computed (the output
+        convolution runs on the rows of its weight that each slice names) and the slices come
+        before the final ReLU, ``in + 0.1·conv(x_4)``: the caller applies it, after a
+        rearrangement with which it commutes if that saves a copy.
         """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -48,10 +50,8 @@ class ProxNet(nn.Module):
             h = torch.add(h, block(h), alpha=self.res_scale).relu_()
         if split is None:
             return torch.add(x, self.out(h), alpha=self.res_scale).relu_()
-        weight, bias = self.out.weight, self.out.bias
+        weight, bias, alpha = self.out.weight, self.out.bias, self.res_scale
         return [
-            torch.add(
-                x[:, part], F.conv2d(h, weight[part], bias[part], padding=1), alpha=self.res_scale
-            ).relu_()
+            torch.add(x[:, part], F.conv2d(h, weight[part], bias[part], padding=1), alpha=alpha)
             for part in split
         ]

@@ -63,4 +63,5 @@ class XNet(nn.Module):
             grad = self.adjusted_gradient(x, y, k)
         parts = [F.pixel_unshuffle(x, s), F.pixel_unshuffle(grad, s), y, aux_x]
         x_part, aux_part = self.prox_net(torch.cat(parts, 1), self.used_channels)
-        return F.pixel_shuffle(x_part.to(x.dtype), s), aux_part.to(x.dtype)
+        # ReLU after depth-to-space: its saved output is then the new X itself, not a copy
+        return F.pixel_shuffle(x_part, s).to(x.dtype).relu_(), aux_part.to(x.dtype).relu_()
