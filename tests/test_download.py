@@ -348,3 +348,17 @@ def test_shared_benchmark_copy_verifies():
     if not (shared / "Urban100").is_dir():
         pytest.skip(f"the full benchmark sets are not at {shared} (set KXNET_SHARED_DATA)")
     assert dl.check_benchmarks(shared) == {"Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
+
+
+@pytest.mark.parametrize("kind", ["truncated tar", "not an archive"])
+def test_broken_archive_copy_is_refused_and_nothing_is_left(server, tmp_path, kind):
+    names = ("000001.png", "000002.png")
+    tar = _tar({f"Flickr2K/Flickr2K_HR/{n}": _png_bytes(k, 64) for k, n in enumerate(names)})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "Flickr2K.tar").write_bytes(tar[:3000] if kind == "truncated tar" else b"x" * 4096)
+    spec = _spec(server, name="Flickr2K.tar", archive_bytes=None, sha256=None, names=names)
+    spec = dataclasses.replace(spec, member_dir="Flickr2K_HR", title="Flickr2K")
+    with pytest.raises(dl.DownloadError, match=r"Flickr2K\.tar: extraction failed"):
+        dl.install_train_set(spec, tmp_path / "root", mine, report=_quiet)
+    assert list((tmp_path / "root" / "DIV2K_Flickr2K").iterdir()) == []

@@ -226,3 +226,21 @@ def test_each_epoch_draws_new_crops_of_the_same_image(tmp_path):
     ds = HRImageFolder(tmp_path / "one", 16, samples_per_epoch=4, augment=False)
     for i in range(4):
         assert not torch.equal(ds[i]["hr"], ds[4 + i]["hr"])
+
+
+def test_lightning_ddp_wrapper_shards_epochs_over_ranks(folder):
+    """Lightning wraps a custom sampler per rank and forwards set_epoch to it."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    ds = HRImageFolder(folder, 16, samples_per_epoch=12, seed=1)
+    ranks = [
+        DistributedSamplerWrapper(EpochSampler(len(ds), seed=1), num_replicas=2, rank=r)
+        for r in range(2)
+    ]
+    for epoch in (0, 1):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        shards = [list(sampler) for sampler in ranks]
+        assert sorted(shards[0] + shards[1]) == list(range(12 * epoch, 12 * epoch + 12))
+        patches = [ds[i]["hr"] for i in shards[0]], [ds[i]["hr"] for i in shards[1]]
+        assert all(not torch.equal(a, b) for a in patches[0] for b in patches[1])

@@ -249,13 +249,10 @@ def _members(spec: TrainSet, archive: Path) -> Iterator[tuple[str, Callable[[], 
                 if not info.is_dir() and (name := keep(info.filename)):
                     yield name, lambda info=info: zf.open(info)
         return
-    try:
-        with tarfile.open(archive, "r:*") as tf:
-            for member in tf:
-                if member.isfile() and (name := keep(member.name)):
-                    yield name, lambda member=member: tf.extractfile(member)
-    except tarfile.TarError as err:
-        raise DownloadError(f"{archive}: not a readable zip or tar archive ({err})") from err
+    with tarfile.open(archive, "r:*") as tf:
+        for member in tf:
+            if member.isfile() and (name := keep(member.name)):
+                yield name, lambda member=member: tf.extractfile(member)
 
 
 def check_train_folder(spec: TrainSet, folder: Path, threads: int | None = None) -> int:
@@ -303,9 +300,15 @@ def _staging(dest: Path) -> Iterator[Path]:
 def _extract(spec: TrainSet, archive: Path, dest: Path, threads: int | None, report: Report) -> int:
     report(f"  extracting {spec.title} HR images from {archive.name}")
     with _staging(dest) as tmp:
-        for name, open_member in _members(spec, archive):
-            with open_member() as src, open(tmp / name, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+        try:
+            for name, open_member in _members(spec, archive):
+                with open_member() as src, open(tmp / name, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+            raise DownloadError(
+                f"{archive}: extraction failed ({err}): check the archive (or replace it) and "
+                "the free disk space, then run the command again"
+            ) from err
         try:
             count = check_train_folder(spec, tmp, threads)
         except DownloadError as err:
