@@ -123,3 +123,50 @@ def test_cli_mismatch_is_one_line_without_traceback(images, weights, tmp_path):
         f"error: {Path(weights)}: checkpoint has scale=2 but scale=3 was asked for: drop the "
         "scale override (the checkpoint's value is used) or pass a checkpoint with scale=3"
     ]
+
+
+def _peak_rss_mb(image, out, tmp_path):
+    """Peak RSS (MiB) of a bicubic x4 prediction of ``image`` in a fresh process.
+
+    VmHWM is the peak of the process's own memory; ``ru_maxrss`` would also count the parent's
+    memory at the fork.
+    """
+    script = (
+        "import re, runpy, sys\n"
+        "sys.argv = ['kxnet.predict', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('kxnet.predict', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "status = open('/proc/self/status').read()\n"
+        "print('PEAK', re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "model.stages=0", "scale=4", "tile.size=512"]
+        + [f"input={image}", f"output={out}", f"hydra.run.dir={tmp_path}/h"],
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.split("PEAK")[-1]) / 1024
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_output(tmp_path):
+    """A 5× taller LR image adds much less memory than its output's bytes: rows are streamed.
+
+    Same width, so that the strips (one row of tiles across the image) are the same size; what
+    grows is only the decoded input (about 13 bytes per LR pixel while reading, 3 after), while
+    an output held in memory would add 48 bytes per LR pixel at x4 even as 8-bit.
+    """
+    peaks, outputs = [], []
+    for height in (1000, 5000):
+        y, x = np.mgrid[0:height, 0:1000]
+        pixels = np.stack([(x * 7 + y * 3) % 256, (x * y) % 256, (x ^ y) % 256], -1)
+        path = tmp_path / f"lr{height}.png"
+        Image.fromarray(pixels.astype(np.uint8)).save(path, compress_level=1)
+        peaks.append(_peak_rss_mb(path, tmp_path / f"out{height}", tmp_path))
+        outputs.append(3 * 4000 * 4 * height / 2**20)
+        with Image.open(tmp_path / f"out{height}" / f"lr{height}.png") as sr:
+            assert sr.size == (4000, 4 * height)
+    assert peaks[1] - peaks[0] < 0.25 * (outputs[1] - outputs[0]), (peaks, outputs)

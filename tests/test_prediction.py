@@ -10,6 +10,7 @@ from PIL import Image
 from kxnet import KXNet
 from kxnet.data import png as png_module
 from kxnet.data.images import read_image
+from kxnet.data.png import PngStreamWriter
 from kxnet.prediction import (
     PredictError,
     PredictOptions,
@@ -54,6 +55,11 @@ def _make_inputs(folder: Path) -> dict[str, Path]:
     rgba = np.dstack([pixels, np.linspace(0, 255, 23 * 17).reshape(23, 17).astype(np.uint8)])
     save("rgba.png", Image.fromarray(rgba, "RGBA"))
     save("gray16.png", Image.fromarray(pixels[..., 1].astype(np.uint16) * 257))
+    files["rgb16.png"] = folder / "rgb16.png"
+    with open(files["rgb16.png"], "wb") as f:
+        deep = PngStreamWriter(f, 17, 23, bit_depth=16)
+        deep.write(pixels.astype(np.uint16) * 257 + np.arange(17, dtype=np.uint16)[:, None])
+        deep.close()
     save("palette.png", Image.fromarray(pixels).quantize(16))
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -105,8 +111,16 @@ def test_every_kind_of_input_is_restored(model, tmp_path):
     assert "edge-padded from 1×1" in notes["tiny.png"]
     assert "edge-padded from 2×2" in notes["two.bmp"]
     assert "16-bit output" in notes["gray16.png"]
-    deep = load_image(out / "gray16.png", ImageLoadType.UNCHANGED, device="cpu")
-    assert deep.dtype == torch.uint16 and deep.shape == (3, 46, 34)
+    assert "16-bit output" in notes["rgb16.png"] and "gray" not in notes["rgb16.png"]
+    for name in ("gray16", "rgb16"):
+        deep = load_image(out / f"{name}.png", ImageLoadType.UNCHANGED, device="cpu")
+        assert deep.dtype == torch.uint16 and deep.shape == (3, 46, 34)
+    lr = read_image(inputs["rgb16.png"]).unsqueeze(0)
+    with torch.inference_mode():
+        sr = model(lr).sr[0].clamp(0, 1).mul(65535).round().to(torch.int32)
+    deep = load_image(out / "rgb16.png", ImageLoadType.UNCHANGED, device="cpu")
+    assert torch.equal(deep.to(torch.int32), sr)
+    assert sr.remainder(257).ne(0).float().mean() > 0.5  # not 8-bit values scaled up
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 

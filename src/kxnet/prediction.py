@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from torch import Tensor
 
-from kxnet.data.images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
+from kxnet.data.images import IMAGE_SUFFIXES, ImageReadError, decode_image, list_images, to_float
 from kxnet.data.png import PngStreamWriter
 from kxnet.nn.kxnet import KXNet
 from kxnet.tiling import central_crop, min_input_size, plan_tiles, receptive_radius, run_tile
@@ -221,46 +221,45 @@ def _image_outputs(folder: Path) -> Iterator[_Outputs]:
         raise
 
 
-def _describe(path: Path) -> tuple[int, list[str]]:
-    """The output's bit depth (16 for 16-bit or float inputs, else 8) and notes on the input."""
+def _notes(path: Path) -> list[str]:
+    """What reading the file did to it, from its header: gray, alpha, palette, EXIF rotation."""
     with Image.open(path) as img:
         raw = img.tile[0].args if img.tile else ""
         raw = raw if isinstance(raw, str) else str(raw[0]) if raw else ""
-        deep = img.mode.startswith("I;16") or img.mode in ("I", "F") or ";16" in raw
         alpha = img.mode in ("RGBA", "LA", "PA") or raw.startswith(("RGBA", "LA"))
-        alpha = alpha or (img.mode == "P" and "transparency" in img.info)
-        rotated = int(img.getexif().get(_ORIENTATION, 1)) not in (0, 1)
         notes = []
-        if img.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+        if img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16"):
             notes.append("gray input, RGB output")
-        if alpha:
+        if alpha or (img.mode == "P" and "transparency" in img.info):
             notes.append("alpha channel dropped")
         if img.mode == "P":
             notes.append("palette expanded")
-        if rotated:
+        if int(img.getexif().get(_ORIENTATION, 1)) not in (0, 1):
             notes.append("EXIF orientation applied")
-        if deep:
-            notes.append("16-bit output")
-    return (16 if deep else 8), notes
+    return notes
 
 
 def _read(path: Path) -> tuple[Tensor, int, list[str]]:
-    """The LR image (3×h×w float in [0, 1]), the output bit depth and notes; ImageReadError."""
+    """The LR image as stored (1×3×h×w), the output's bit depth and notes; ImageReadError.
+
+    The image stays uint8, uint16 or float32 as in the file (a quarter of the memory of float
+    for 8-bit files); 16-bit and float files give 16-bit outputs.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            lr = read_image(path)
-            bit_depth, notes = _describe(path)
-        except Image.DecompressionBombError as err:
-            raise ImageReadError(path, f"too many pixels ({err})") from err
-    return lr, bit_depth, notes
+        image = decode_image(path)
+        notes = _notes(path)
+    bit_depth = 8 if image.dtype == torch.uint8 else 16
+    if bit_depth == 16:
+        notes.append("16-bit output")
+    return image.unsqueeze(0), bit_depth, notes
 
 
 def _quantise(x: Tensor, bit_depth: int) -> np.ndarray:
-    """1×3×H×W float → H×W×3 uint8 or uint16, rounded, clamped to the range."""
-    top = 65535 if bit_depth == 16 else 255
-    q = x[0].clamp(0, 1).mul(top).round().to(torch.int32).permute(1, 2, 0).cpu().numpy()
-    return q.astype(np.uint16 if bit_depth == 16 else np.uint8)
+    """1×3×H×W float → H×W×3 uint8 or uint16, clamped and rounded (one temporary copy)."""
+    q = x[0].clamp(0, 1).mul_(65535 if bit_depth == 16 else 255).round_()
+    q = q.to(torch.int32 if bit_depth == 16 else torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return q.astype(np.uint16) if bit_depth == 16 else q
 
 
 def _kernel_picture(k: Tensor) -> Image.Image:
@@ -313,10 +312,31 @@ class _Strips:
             writer.close()
 
 
-def _pad_to(lr: Tensor, smallest: int) -> Tensor:
-    """Edge-pad a 1×3×h×w image at the bottom and right to at least smallest×smallest."""
-    height, width = lr.shape[-2:]
-    return F.pad(lr, (0, max(0, smallest - width), 0, max(0, smallest - height)), mode="replicate")
+def _pad_to(image: Tensor, smallest: int) -> Tensor:
+    """Edge-pad a 1×3×h×w image (as float) at the bottom and right to at least smallest²."""
+    height, width = image.shape[-2:]
+    pad = (0, max(0, smallest - width), 0, max(0, smallest - height))
+    return F.pad(to_float(image), pad, mode="replicate")
+
+
+def _write_kernels(
+    outputs: _Outputs, stem: str, stage_kernels: Sequence[Tensor], save_stages: bool
+) -> list[Path]:
+    """The final kernel (.npy and picture) and, with ``save_stages``, every stage's kernel.
+
+    Returns the paths for the stage images (``x_00.png`` …), empty without ``save_stages``.
+    """
+    kernels = torch.cat(list(stage_kernels)).float().cpu()
+    _save_npy(kernels[-1].numpy(), outputs.path(f"{stem}_kernel.npy"))
+    _save_picture(_kernel_picture(kernels[-1]), outputs.path(f"{stem}_kernel.png"))
+    if not save_stages:
+        return []
+    stage_dir = outputs.path(f"{stem}_stages")
+    stage_dir.mkdir()
+    _save_npy(kernels.numpy(), stage_dir / "kernels.npy")
+    for t, k in enumerate(kernels):
+        _save_picture(_kernel_picture(k), stage_dir / f"k_{t:02d}.png")
+    return [stage_dir / f"x_{t:02d}.png" for t in range(len(kernels))]
 
 
 def predict_image(
@@ -334,33 +354,26 @@ def predict_image(
     """
     start = time.perf_counter()
     device = next(iter(model.parameters()), model.k0).device
-    image, bit_depth, notes = _read(path)
-    height, width = image.shape[-2:]
+    lr, bit_depth, notes = _read(path)
+    height, width = lr.shape[-2:]
     smallest = min_input_size(model.scale, model.kernel_size, model.num_stages)
-    lr = _pad_to(image.unsqueeze(0), smallest)
-    if lr.shape[-2:] != image.shape[-2:]:
+    if height < smallest or width < smallest:
+        lr = _pad_to(lr, smallest)
         notes.append(f"edge-padded from {height}×{width} to {smallest}×{smallest}, cropped back")
     tiles = plan_tiles(*lr.shape[-2:], options.tile_size, options.resolved_overlap(model))
     count = sum(len(row) for row in tiles)
     with torch.inference_mode(), _image_outputs(output_dir) as outputs, ExitStack() as files:
-        crop = central_crop(lr, options.kernel_crop).to(device)
+        crop = to_float(central_crop(lr, options.kernel_crop)).to(device)
         estimate = model(crop)
-        reuse = crop.shape[-2:] == lr.shape[-2:] and count == 1
-        if crop.shape[-2:] != lr.shape[-2:]:
-            notes.append(f"kernel estimated on the central {crop.shape[-2]}×{crop.shape[-1]} crop")
-        kernel = estimate.kernel[0].float().cpu()
-        _save_npy(kernel.numpy(), outputs.path(f"{stem}_kernel.npy"))
-        _save_picture(_kernel_picture(kernel), outputs.path(f"{stem}_kernel.png"))
+        stage_kernels = estimate.kernels
+        # The crop's images are the result only when the crop is the whole image, in one tile.
+        whole = estimate.images if crop.shape[-2:] == lr.shape[-2:] and count == 1 else None
+        del estimate, crop
+        if options.kernel_crop < max(lr.shape[-2:]):
+            crop_h, crop_w = (min(n, options.kernel_crop) for n in lr.shape[-2:])
+            notes.append(f"kernel estimated on the central {crop_h}×{crop_w} crop")
         sr_path = outputs.path(f"{stem}.png")
-        images = [sr_path]
-        if options.save_stages:
-            stage_dir = outputs.path(f"{stem}_stages")
-            stage_dir.mkdir()
-            kernels = torch.cat(estimate.kernels).float().cpu()
-            _save_npy(kernels.numpy(), stage_dir / "kernels.npy")
-            for t, k in enumerate(kernels):
-                _save_picture(_kernel_picture(k), stage_dir / f"k_{t:02d}.png")
-            images = [stage_dir / f"x_{t:02d}.png" for t in range(len(kernels))]
+        images = _write_kernels(outputs, stem, stage_kernels, options.save_stages) or [sr_path]
         strips = _Strips(
             [files.enter_context(open(p, "wb")) for p in images],
             width * model.scale,
@@ -372,9 +385,11 @@ def predict_image(
         for row in tiles:
             strips.start(row[0].core)
             for tile in row:
-                parts = (
-                    estimate.images if reuse else run_tile(model, lr, tile, estimate.kernels[1:])
-                )
+                if whole is not None:
+                    parts = whole
+                else:
+                    window = to_float(tile.window(lr)).to(device)
+                    parts = run_tile(model, window, tile, stage_kernels[1:])
                 strips.paste(parts if options.save_stages else parts[-1:], tile.core[1])
                 done += 1
                 if on_tile is not None:

@@ -59,6 +59,11 @@ class Tile:
     core: tuple[int, int, int, int]
     context: tuple[int, int, int, int]
 
+    def window(self, lr: Tensor) -> Tensor:
+        """The context of the tile in a whole LR image (…×h×w)."""
+        top, left, bottom, right = self.context
+        return lr[..., top:bottom, left:right]
+
     def hr_crop(self, scale: int) -> tuple[slice, slice]:
         """Where the core lies in the HR output of the context."""
         top, left, bottom, right = self.core
@@ -98,10 +103,11 @@ def plan_tiles(height: int, width: int, size: int, overlap: int) -> list[list[Ti
     ]
 
 
-def run_tile(model: KXNet, lr: Tensor, tile: Tile, stage_kernels: Sequence[Tensor]) -> list[Tensor]:
-    """The per-stage HR images (B×3×ch·s×cw·s) of a tile's core; ``lr`` is the whole B×3×h×w."""
-    top, left, bottom, right = tile.context
-    out = model(lr[..., top:bottom, left:right], stage_kernels=stage_kernels)
+def run_tile(
+    model: KXNet, window: Tensor, tile: Tile, stage_kernels: Sequence[Tensor]
+) -> list[Tensor]:
+    """The per-stage HR images (B×3×ch·s×cw·s) of a tile's core from its context ``window``."""
+    out = model(window, stage_kernels=stage_kernels)
     rows, cols = tile.hr_crop(model.scale)
     return [x[..., rows, cols] for x in out.images]
 
@@ -118,7 +124,8 @@ def tiled_forward(
     for row in plan_tiles(height, width, size, overlap):
         for tile in row:
             top, left, bottom, right = tile.core
-            for full, part in zip(images, run_tile(model, lr, tile, stage_kernels), strict=True):
+            parts = run_tile(model, tile.window(lr), tile, stage_kernels)
+            for full, part in zip(images, parts, strict=True):
                 full[..., top * s : bottom * s, left * s : right * s] = part
     return images
 

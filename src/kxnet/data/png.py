@@ -20,7 +20,7 @@ __all__ = ["PngStreamWriter"]
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 3: 2}
 _PAETH = 4
-_ROWS_PER_CHUNK = 64
+_ROWS_PER_CHUNK = 16
 _IDAT_SIZE = 1 << 20
 
 
