@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ from kornia.io import ImageLoadType, load_image
 from PIL import Image
 
 from kxnet import KXNet
+from kxnet.checkpoint import load_model
 from kxnet.data import png as png_module
 from kxnet.data.images import read_image
 from kxnet.data.png import PngStreamWriter
@@ -24,6 +26,7 @@ from kxnet.prediction import (
 from kxnet.tiling import receptive_radius
 
 SCALE = 2
+FIXTURE = Path(__file__).parent / "fixtures" / "official_x2_s2_p11.pt"
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +286,27 @@ def test_options_are_checked(model):
     with pytest.raises(PredictError, match="kernel_crop=2 is below"):
         PredictOptions(kernel_crop=2).check(model)
     PredictOptions(tile_size=38).check(model)
+
+
+def _shared_data() -> Path:
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(os.environ.get("KXNET_SHARED_DATA", default))
+
+
+@pytest.mark.slow
+def test_realsrset_images_with_the_authors_weights_tiled_and_untiled(tmp_path):
+    folder = _shared_data() / "RealSRSet"
+    if not folder.is_dir():
+        pytest.skip(f"RealSRSet is not at {folder} (set KXNET_SHARED_DATA)")
+    model = load_model(FIXTURE)
+    inputs = [folder / "chip.png", folder / "comic1.png"]
+    tiled = PredictOptions(tile_size=100, kernel_crop=1024)
+    results, failures = predict_images(model, inputs, tmp_path / "tiled", tiled)
+    predict_images(model, inputs, tmp_path / "whole", PredictOptions())
+    assert not failures and [r.tiles for r in results] == [9, 9]
+    for path in inputs:
+        a = _hr(tmp_path / "tiled" / f"{path.stem}.png").astype(int)
+        b = _hr(tmp_path / "whole" / f"{path.stem}.png").astype(int)
+        assert a.shape == (240, 240, 3) and np.abs(a - b).max() <= 1
+        kernel = np.load(tmp_path / "whole" / f"{path.stem}_kernel.npy")
+        assert abs(float(kernel.sum(dtype=np.float64)) - 1) < 1e-5

@@ -419,11 +419,12 @@ def predict_images(
     options: PredictOptions,
     console: Console | None = None,
 ) -> tuple[list[ImageResult], list[Failure]]:
-    """Restore every input into ``output_dir``; an input that fails is reported and skipped.
+    """Restore every input into ``output_dir`` (created); a failing input is reported, skipped.
 
     A progress bar shows the images (and the tiles of a tiled image) on ``console``.
     """
     names = output_names(inputs)
+    output_dir.mkdir(parents=True, exist_ok=True)
     results: list[ImageResult] = []
     failures: list[Failure] = []
     columns = (*Progress.get_default_columns(), TextColumn("{task.fields[name]}"))
