@@ -78,6 +78,12 @@ def test_psnr_and_ssim_match_numpy_reference(crop, y_channel):
         assert s[i].item() == pytest.approx(_ref_ssim(a, b, crop, y_channel), abs=1e-9)
 
 
+def test_ssim_of_images_taller_than_one_filter_strip_matches_reference():
+    sr, hr = _pair(batch=1, h=150, w=30)
+    expected = _ref_ssim(sr[0].numpy(), hr[0].numpy(), 3, True)
+    assert metrics.ssim(sr, hr, 3).item() == pytest.approx(expected, abs=1e-9)
+
+
 def test_rgb_and_y_differ_and_ssim_orders_by_quality():
     sr_good, hr = _pair(noise=0.01)
     sr_bad, _ = _pair(noise=0.1)

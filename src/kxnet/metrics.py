@@ -31,6 +31,7 @@ __all__ = [
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
+_CPU_STRIP_ROWS = 32
 _C1 = (0.01 * 255.0) ** 2
 _C2 = (0.03 * 255.0) ** 2
 
@@ -94,10 +95,21 @@ def ssim(sr: Tensor, hr: Tensor, crop: int, y_channel: bool = True) -> Tensor:
 def _valid_filter(x: Tensor, window: Tensor) -> Tensor:
     """Separable "valid" correlation of the last two axes with a 1-D window of n taps.
 
-    …×H×W → …×(H−n+1)×(W−n+1), as n shifted multiply-adds per axis: no padding to crop away,
-    and on a CPU about twice as fast as kornia's padded separable filter.
+    …×H×W → …×(H−n+1)×(W−n+1), as n shifted multiply-adds per axis: no padding to crop away.
+    On a CPU the rows run in strips that stay in cache (SSIM is then several times faster than
+    ``kornia.metrics.ssim`` in float64); on other devices in one piece.
     """
     taps = window.tolist()
+    out_height = x.shape[-2] - len(taps) + 1
+    strip = _CPU_STRIP_ROWS if x.device.type == "cpu" else out_height
+    strips = [
+        _valid_filter_strip(x[..., top : min(top + strip, out_height) + len(taps) - 1, :], taps)
+        for top in range(0, out_height, strip)
+    ]
+    return strips[0] if len(strips) == 1 else torch.cat(strips, dim=-2)
+
+
+def _valid_filter_strip(x: Tensor, taps: list[float]) -> Tensor:
     width = x.shape[-1] - len(taps) + 1
     rows = x[..., :width] * taps[0]
     for i, w in enumerate(taps[1:], start=1):
