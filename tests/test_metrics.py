@@ -76,6 +76,9 @@ def test_psnr_and_ssim_match_numpy_reference(crop, y_channel):
         a, b = sr[i].numpy(), hr[i].numpy()
         assert p[i].item() == pytest.approx(_ref_psnr(a, b, crop, y_channel), abs=1e-9)
         assert s[i].item() == pytest.approx(_ref_ssim(a, b, crop, y_channel), abs=1e-9)
+    both = metrics.psnr_ssim(sr, hr, crop, y_channel)
+    torch.testing.assert_close(both[0], p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(both[1], s, rtol=0, atol=1e-12)
 
 
 def test_ssim_of_images_taller_than_one_filter_strip_matches_reference():

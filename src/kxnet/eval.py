@@ -73,6 +73,7 @@ def evaluate(
         sr = model(batch["lr"].to(device)).sr
         hr = batch["hr"].to(device)
         k = int(batch["kernel_index"][0])
+        psnr_y, ssim_y = metrics.psnr_ssim(sr, hr, dataset.scale)
         records.append(
             {
                 "dataset": batch["dataset"][0],
@@ -82,8 +83,8 @@ def evaluate(
                 "noise": float(batch["noise"][0]),
                 "kernel_index": k,
                 "kernel": dataset.kernel_params[k],
-                "psnr_y": metrics.psnr(sr, hr, dataset.scale).item(),
-                "ssim_y": metrics.ssim(sr, hr, dataset.scale).item(),
+                "psnr_y": psnr_y.item(),
+                "ssim_y": ssim_y.item(),
             }
         )
     return records

@@ -21,6 +21,7 @@ __all__ = [
     "rgb_to_y",
     "psnr",
     "ssim",
+    "psnr_ssim",
     "kernel_error",
     "PSNR",
     "SSIM",
@@ -71,25 +72,39 @@ def _prepare(
     return (rgb_to_y(a), rgb_to_y(b)) if y_channel else (a, b)
 
 
+def _psnr(a: Tensor, b: Tensor) -> Tensor:
+    mse = (a - b).pow_(2).mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(255.0**2 / mse)
+
+
+def _ssim(a: Tensor, b: Tensor) -> Tensor:
+    window = kornia.filters.get_gaussian_kernel1d(
+        _SSIM_WINDOW, _SSIM_SIGMA, device=a.device, dtype=a.dtype
+    )
+    # Four local means: σa² + σb² needs only the mean of a² + b².
+    moments = _valid_filter(torch.stack([a, b, a * a + b * b, a * b]), window.flatten())
+    mu_a, mu_b, squares, ab = moments.unbind(0)
+    mu_ab = mu_a * mu_b
+    mu_squares = mu_a.pow_(2).add_(mu_b.pow_(2))
+    num = (2 * mu_ab + _C1).mul_(ab.sub_(mu_ab).mul_(2).add_(_C2))
+    den = (mu_squares + _C1).mul_(squares.sub_(mu_squares).add_(_C2))
+    return num.div_(den).mean(dim=(1, 2, 3))
+
+
 def psnr(sr: Tensor, hr: Tensor, crop: int, y_channel: bool = True) -> Tensor:
     """PSNR in dB on the 0–255 range, one value per image: B×3×H×W, B×3×H×W → (B,)."""
-    a, b = _prepare(sr, hr, crop, y_channel, 1)
-    mse = (a - b).pow(2).mean(dim=(1, 2, 3))
-    return 10.0 * torch.log10(255.0**2 / mse)
+    return _psnr(*_prepare(sr, hr, crop, y_channel, 1))
 
 
 def ssim(sr: Tensor, hr: Tensor, crop: int, y_channel: bool = True) -> Tensor:
     """Mean SSIM (11×11 Gaussian σ = 1.5, valid), one value per image: B×3×H×W ×2 → (B,)."""
+    return _ssim(*_prepare(sr, hr, crop, y_channel, _SSIM_WINDOW))
+
+
+def psnr_ssim(sr: Tensor, hr: Tensor, crop: int, y_channel: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`psnr` and :func:`ssim` together, quantising and converting the images once."""
     a, b = _prepare(sr, hr, crop, y_channel, _SSIM_WINDOW)
-    window = kornia.filters.get_gaussian_kernel1d(
-        _SSIM_WINDOW, _SSIM_SIGMA, device=a.device, dtype=a.dtype
-    )
-    moments = _valid_filter(torch.stack([a, b, a * a, b * b, a * b]), window.flatten())
-    mu_a, mu_b, aa, bb, ab = moments.unbind(0)
-    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
-    num = (2 * mu_a * mu_b + _C1) * (2 * cov + _C2)
-    den = (mu_a**2 + mu_b**2 + _C1) * (var_a + var_b + _C2)
-    return (num / den).mean(dim=(1, 2, 3))
+    return _psnr(a, b), _ssim(a, b)
 
 
 def _valid_filter(x: Tensor, window: Tensor) -> Tensor:
