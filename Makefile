@@ -36,5 +36,10 @@ format: install ## Format the code with ruff
 	$(PY) -m ruff check --fix src tests experiments
 	$(PY) -m ruff format src tests experiments
 
+DATA_ROOT ?= data/full
+SETS ?= train
+data: install ## Fetch and check DIV2K + Flickr2K into $(DATA_ROOT) (SETS=..., FROM=a local copy)
+	$(PY) -m kxnet.data download --root $(DATA_ROOT) --sets $(SETS) $(if $(FROM),--from $(FROM))
+
 clean: ## Remove build and test outputs (keeps $(VENV))
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info
