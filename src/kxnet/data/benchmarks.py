@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kxnet import kernels, physics
-from kxnet.data.images import read_image
+from kxnet.data.images import list_images, read_image
 
 __all__ = [
     "DATASETS",
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 DATASETS = ("Set5", "Set14", "BSD100", "Urban100")
 PROTOCOL_VERSION = 1
 NOISE_SEED = 2022
-_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def default_noise(setting: str) -> tuple[float, ...]:
@@ -151,7 +150,7 @@ class BenchmarkSet(Dataset):
                 f"benchmark folder {self.hr_dir} does not exist: put the HR images of "
                 f"{self.name} there or set paths.benchmark_dir"
             )
-        self.files = sorted(p for p in self.hr_dir.iterdir() if p.suffix.lower() in _SUFFIXES)
+        self.files = list_images(self.hr_dir)
         if not self.files:
             raise FileNotFoundError(f"benchmark folder {self.hr_dir} holds no images")
         stems = [p.stem for p in self.files]
