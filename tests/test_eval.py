@@ -188,13 +188,20 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("benchmark-cache")
 
 
+URBAN100_OPT_IN = "KXNET_TEST_URBAN100"
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["Urban100", "BSD100", "Set14", "Set5"])
 @pytest.mark.parametrize("setting,scale", [(s, x) for s in ("iso", "aniso") for x in (2, 3, 4)])
-def test_full_bicubic_tables_match_the_paper(tmp_path, shared_cache, setting, scale):
-    datasets = ["Urban100", "BSD100", "Set14", "Set5"]
-    if not all((SHARED / d).is_dir() for d in datasets):
-        pytest.skip(f"full benchmark sets not found under {SHARED} (set KXNET_SHARED_DATA)")
-    cfg = _config(tmp_path, SHARED, setting, scale, datasets, cache=shared_cache)
+def test_full_bicubic_tables_match_the_paper(tmp_path, shared_cache, setting, scale, dataset):
+    if not (SHARED / dataset).is_dir():
+        pytest.skip(f"{dataset} not found under {SHARED} (set KXNET_SHARED_DATA)")
+    if dataset == "Urban100" and not os.environ.get(URBAN100_OPT_IN):
+        pytest.skip(
+            f"Urban100 takes 2-4 minutes per table row on one CPU core (30 for all nine): "
+            f"set {URBAN100_OPT_IN}=1 to include it"
+        )
+    cfg = _config(tmp_path, SHARED, setting, scale, [dataset], cache=shared_cache)
     payload = kx_eval.run(cfg)
-    expected_rows = 4 * (1 if setting == "iso" else 2)
-    assert _assert_matches_paper(payload["summary"], datasets) == expected_rows
+    assert _assert_matches_paper(payload["summary"], [dataset]) == (1 if setting == "iso" else 2)
