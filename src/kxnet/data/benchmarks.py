@@ -19,7 +19,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -253,9 +252,8 @@ class BenchmarkSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image, noise, k = self.items[index]
-        lr = torch.from_numpy(np.array(Image.open(self.lr_path(image, k, noise)).convert("RGB")))
         return {
-            "lr": lr.permute(2, 0, 1).float().div_(255.0),
+            "lr": read_image(self.lr_path(image, k, noise)),
             "hr": self._load_hr(image),
             "kernel": self.kernels[k],
             "dataset": self.name,

@@ -98,7 +98,9 @@ class KXNetDataModule(pl.LightningDataModule):
         self.val_sets: list[BenchmarkSet] = []
         self.test_sets: list[BenchmarkSet] = []
 
-    def _benchmarks(self, names: Sequence[str], noise: Sequence[float] | None) -> list:
+    def _benchmarks(
+        self, names: Sequence[str], noise: Sequence[float] | None
+    ) -> list[BenchmarkSet]:
         present = []
         for name in names:
             if (self.benchmark_dir / name).is_dir():
