@@ -13,6 +13,7 @@ from kxnet import KXNet
 from kxnet.checkpoint import save_weights
 from kxnet.config import CONFIG_DIR, project_root
 from kxnet.predict import run
+from kxnet.prediction import PredictError
 
 
 @pytest.fixture
@@ -82,6 +83,12 @@ def test_a_checkpoint_is_needed_unless_stages_is_zero(images, tmp_path, capsys):
     assert _run([f"input={images}", f"output={tmp_path / 'b'}", "model.stages=0", "scale=3"]) == 0
     with Image.open(tmp_path / "b" / "a.png") as sr:
         assert sr.size == (45, 36)
+
+
+def test_hydra_full_error_raises_instead(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(PredictError, match="ckpt_path is not set"):
+        _run([f"input={images}", f"output={tmp_path / 'a'}"])
 
 
 def _cli(*args, env=None):
