@@ -37,7 +37,9 @@ def receptive_radius(scale: int, kernel_size: int, stages: int) -> int:
     r = p//2. Bicubic X⁽⁰⁾ reaches 2 LR pixels (the image auxiliary variable 1); in each stage the
     residual ``A_k X − Y`` and its transpose ``k ⊗ₛᵀ ·`` together reach ``⌊r/s⌋ + ⌈r/s⌉`` LR
     pixels and proxNet_X's nine 3×3 convolutions reach 9. The adjuster ``k ⊗ₛᵀ 1`` depends on
-    the distance to the image border, which stays within the same reach.
+    the distance to the image border, which stays within the same reach. This bounds the
+    dependence exactly and is tight to within one pixel (the bicubic taps of the sub-pixel rows
+    that the blur reaches first can fall one short).
     """
     r = kernel_size // 2
     per_stage = _PROXNET_REACH + r // scale + -(-r // scale)
