@@ -181,3 +181,32 @@ def test_missing_file_and_unknown_option(tmp_path):
         load_model(tmp_path / "nope.ckpt")
     with pytest.raises(TypeError, match="patch_size"):
         load_model(FIXTURE, patch_size=64)
+
+
+def test_checkpoint_of_a_kxnet_module_training_run(tmp_path):
+    kxnet_module = pytest.importorskip("kxnet.module", reason="kxnet.module is not installed")
+    module = kxnet_module.KXNetModule(
+        model={**CONFIG, "checkpoint_stages": False},
+        scheduler=None,
+        images_to_log=0,
+        stage_metrics=False,
+    )
+    kernel = kxnet.kernels.isotropic_gaussian(torch.tensor([1.2]), 11)[0]
+    sample = {"lr": torch.rand(3, 8, 8), "hr": torch.rand(3, 16, 16), "kernel": kernel}
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader([sample] * 4, batch_size=2))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    torch.save(module.bare_weights(), tmp_path / "exported.pt")
+    net = module.net.eval()
+    _same(net, load_model(tmp_path / "last.ckpt", scale=2, stages=1, kernel_size=11))
+    _same(net, load_model(tmp_path / "exported.pt", setting="aniso"))
+    with pytest.raises(CheckpointError, match="but model.stages=19 was asked for"):
+        load_model(tmp_path / "last.ckpt", stages=19)
