@@ -65,6 +65,10 @@ def _device(name: str) -> torch.device:
         raise PredictError(f"device={name} is not a device: use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PredictError(f"device={name} but no CUDA device is available: use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PredictError(
+            f"device={name} but there are {torch.cuda.device_count()} CUDA devices: use cuda:0"
+        )
     return device
 
 
