@@ -164,7 +164,8 @@ def test_memory_does_not_grow_with_the_output(tmp_path):
 
     Same width, so that the strips (one row of tiles across the image) are the same size; what
     grows is only the decoded input (about 13 bytes per LR pixel while reading, 3 after), while
-    an output held in memory would add 48 bytes per LR pixel at x4 even as 8-bit.
+    an output held in memory would add 48 bytes per LR pixel at x4 even as 8-bit. Measured:
+    +29 to +52 MiB (allocator timing varies) against +183 MiB of output.
     """
     peaks, outputs = [], []
     for height in (1000, 5000):
@@ -176,4 +177,4 @@ def test_memory_does_not_grow_with_the_output(tmp_path):
         outputs.append(3 * 4000 * 4 * height / 2**20)
         with Image.open(tmp_path / f"out{height}" / f"lr{height}.png") as sr:
             assert sr.size == (4000, 4 * height)
-    assert peaks[1] - peaks[0] < 0.25 * (outputs[1] - outputs[0]), (peaks, outputs)
+    assert peaks[1] - peaks[0] < 0.5 * (outputs[1] - outputs[0]), (peaks, outputs)
