@@ -17,7 +17,7 @@ from kxnet.train import _instantiate_all
 from trainhelp import compose_train
 
 CONF = Path(CONFIG_DIR)
-GROUPS = ["trainer", "logger", "callbacks", "optim", "setting", "model", "paths"]
+GROUPS = ["data", "trainer", "logger", "callbacks", "optim", "setting", "model", "paths"]
 
 
 def _options(group: str) -> list[str]:
@@ -26,7 +26,7 @@ def _options(group: str) -> list[str]:
 
 def _instantiate(cfg) -> pl.Trainer:
     """Instantiate the whole run as train() does (a GPU trainer on the CPU where none exists)."""
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.module, _recursive_=False)
     assert isinstance(datamodule, pl.LightningDataModule)
     assert isinstance(module, KXNetModule)

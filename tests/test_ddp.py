@@ -23,6 +23,7 @@ def _set_job(tmp_path, output_dir):
         "trainer=ddp",
         f"hydra.sweep.dir={tmp_path}",
         "hydra/job_logging=disabled",
+        f"hydra.searchpath=[file://{tmp_path}]",
         hydra=True,
     )
     with open_dict(cfg):

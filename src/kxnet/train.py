@@ -80,7 +80,7 @@ def train(cfg: DictConfig) -> float | None:
     ``model.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")
     module: KXNetModule = instantiate(cfg.module, _recursive_=False)
     callbacks = [RankSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
     loggers = _instantiate_all(cfg.get("logger"))
