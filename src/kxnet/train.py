@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from kxnet import ddp
 from kxnet.callbacks import RankSeed
 from kxnet.config import CONFIG_DIR
+from kxnet.final_eval import evaluate_run
 from kxnet.module import KXNetModule
 
 __all__ = ["train", "main", "default_wandb_mode"]
@@ -75,7 +76,8 @@ def _finish_wandb() -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit, test the best checkpoint and export its weights; returns ``cfg.optimized_metric``.
+    """Fit, test the best checkpoint, export its weights and (with ``cfg.eval``) evaluate them
+    beside bicubic; returns ``cfg.optimized_metric``.
 
     ``model.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
@@ -108,6 +110,8 @@ def train(cfg: DictConfig) -> float | None:
             weights = Path(cfg.paths.output_dir) / WEIGHTS_FILE
             _export(module, weights)
             log.info("Weights of %s written to %s", best or "the final model", weights)
+            if cfg.get("eval"):
+                evaluate_run(module.net, cfg.eval, cfg.paths, cfg.paths.output_dir)
         finished = True
     finally:
         ddp.release(trainer, wait=finished)
