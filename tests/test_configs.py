@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from kxnet.config import CONFIG_DIR
+from kxnet.config import CONFIG_DIR, project_root
 from kxnet.module import KXNetModule
 from kxnet.train import _instantiate_all
 from trainhelp import compose_train
@@ -106,6 +106,7 @@ def test_stage_ablation_is_a_multirun_over_the_papers_stage_counts(tmp_path):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweeper.params["model.stages"] == "0,5,10,17,19,21"
     assert (cfg.setting.name, cfg.scale) == ("aniso", 2)
+    assert list(cfg.data.test_datasets) == ["Set14"] and list(cfg.data.test_noise) == [0]
 
 
 def test_slurm_launcher_runs_each_jobs_ranks_as_tasks(tmp_path):
@@ -129,3 +130,10 @@ def test_run_and_sweep_folders_are_per_task_under_the_project(tmp_path):
     root = cfg.paths.root_dir
     assert cfg.hydra.run.dir.startswith(f"{root}/outputs/setting2_x4/runs/")
     assert cfg.hydra.sweep.dir.startswith(f"{root}/outputs/setting2_x4/multirun/")
+
+
+def test_relative_data_paths_resolve_against_the_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    datamodule = instantiate(compose_train(tmp_path).data, _convert_="all")
+    assert datamodule.train_dir == project_root() / "data" / "train"
+    assert datamodule.benchmark_dir == project_root() / "data" / "benchmarks"

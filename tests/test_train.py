@@ -115,6 +115,7 @@ def test_csv_and_tensorboard_loggers_get_the_pictures(tmp_path, tiny_benchmark):
         scalars |= set(tags["scalars"])
     assert {"val/pictures/0", "val/kernels/0", "test/pictures/0"} <= images
     assert {"val/psnr", "val/stage_psnr/02", "val/kernel_l1/01", "val/Tiny/ssim"} <= scalars
+    assert {"perf/wall_time_s", "perf/step_time_s", "perf/peak_memory_gib"} <= scalars
 
 
 def test_wandb_is_offline_unless_logged_in(tmp_path, monkeypatch):
