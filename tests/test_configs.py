@@ -82,6 +82,8 @@ def test_scale_and_setting_drive_the_per_scale_values(tmp_path):
 def test_defaults_are_the_paper_recipe(tmp_path):
     cfg = compose_train(tmp_path, "setting=aniso", "scale=4")
     assert cfg.model.stages == 19 and cfg.module.model.kernel_size == 21
+    assert (cfg.data.lr_patch_size, cfg.data.batch_size) == (64, 12)
+    assert list(cfg.data.sigma_range) == [0.6, 5.0] and cfg.data.noise_max == 25
     assert cfg.trainer.max_steps == 800_000 and cfg.trainer.val_check_interval == 5_000
     assert dict(cfg.module.loss) == {
         "kernel_stage_weight": 0.1,
