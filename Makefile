@@ -41,5 +41,8 @@ SETS ?= train
 data: install ## Fetch and check DIV2K + Flickr2K into $(DATA_ROOT) (SETS=..., FROM=a local copy)
 	$(PY) -m kxnet.data download --root $(DATA_ROOT) --sets $(SETS) $(if $(FROM),--from $(FROM))
 
+train: install ## Train the quick preset on a CPU, then evaluate it on Set5 beside bicubic
+	$(PY) -m kxnet.train experiment=quick
+
 clean: ## Remove build and test outputs (keeps $(VENV))
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info
