@@ -192,6 +192,8 @@ def test_notebook_model_prefers_the_named_file_then_the_newest_quick_run(tmp_pat
     monkeypatch.setenv("KXNET_CHECKPOINT", str(old))
     model, source = notebook_model(root=tmp_path)
     assert (model.scale, model.num_stages) == (2, 1) and str(old) in source
+    with pytest.raises(CheckpointError, match="setting"):
+        notebook_model(root=tmp_path, setting="aniso")
     monkeypatch.setenv("KXNET_CHECKPOINT", str(tmp_path / "missing.pt"))
     with pytest.raises(CheckpointError, match="missing.pt"):
         notebook_model(root=tmp_path)
@@ -203,6 +205,9 @@ def test_notebook_model_falls_back_to_a_labelled_untrained_network(tmp_path, mon
         model, source = notebook_model(root=tmp_path, scale=2, setting="iso", stages=3)
     assert (model.scale, model.setting, model.num_stages) == (2, "iso", 3)
     assert source.startswith("UNTRAINED")
+    with pytest.warns(UntrainedModelWarning, match="x4, setting aniso, 2 stages"):
+        default, _ = notebook_model(root=tmp_path)
+    assert (default.scale, default.setting, default.num_stages) == (4, "aniso", 2)
     save_weights(KXNet(2, 1, setting="iso"), tmp_path / "outputs/quick/runs/a/weights.pt")
     monkeypatch.setenv("KXNET_CHECKPOINT", "untrained")
     with pytest.warns(UntrainedModelWarning, match="KXNET_CHECKPOINT=untrained"):

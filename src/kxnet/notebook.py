@@ -76,16 +76,18 @@ def newest_weights(root: str | os.PathLike | None = None) -> Path | None:
 def notebook_model(
     checkpoint: str | None = None,
     *,
+    setting: str | None = None,
     scale: int = 4,
-    setting: str = "aniso",
     stages: int = 2,
     root: str | os.PathLike | None = None,
 ) -> tuple[KXNet, str]:
     """The network to show and a one-line description of where it comes from.
 
-    ``checkpoint`` (default: ``$KXNET_CHECKPOINT``) is read as the module docstring says;
-    ``scale``, ``setting`` and ``stages`` shape the untrained network used when there is no
-    checkpoint, which also raises an :class:`UntrainedModelWarning`.
+    ``checkpoint`` (default: ``$KXNET_CHECKPOINT``) is read as the module docstring says.
+    ``setting``, if given, must be the checkpoint's; for the authors' files, which do not record
+    it, it names the setting (else it is guessed from the kernel size: p = 21 reads as Setting
+    1). ``setting`` (default "aniso"), ``scale`` and ``stages`` shape the untrained network used
+    when there is no checkpoint, which also raises an :class:`UntrainedModelWarning`.
     """
     spec = (os.environ.get(CHECKPOINT_ENV, "") if checkpoint is None else checkpoint).strip()
     path = None
@@ -94,11 +96,12 @@ def notebook_model(
     elif not spec:
         path = newest_weights(root)
     if path is not None:
-        model = load_model(path)
+        model = load_model(path, setting=setting)
         return model, (
             f"{path}: x{model.scale}, setting {model.setting}, {model.num_stages} stages, "
             f"p = {model.kernel_size}"
         )
+    setting = setting or "aniso"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = KXNet(scale, stages, setting=setting).eval()
