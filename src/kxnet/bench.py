@@ -11,7 +11,8 @@ For one configuration (scale, setting, stages, batch, LR patch, device, dtype) i
   resident-set growth, in a fresh process per variant;
 - the model FLOPs, the achieved FLOP/s, and the convolutions' FLOP/s as a fraction of the dense
   matrix-multiply peak measured in the same run;
-- the synthesis of a training batch (random kernels, blur and downsample, noise);
+- the synthesis of a training batch (:class:`kxnet.data.synthesis.Degradation`: random kernels,
+  blur and downsample, noise), and the training loss is :class:`kxnet.loss.StageLoss`;
 - the same for the authors' formulation of the operators (:mod:`kxnet.baseline`, same network and
   weights, float32, default layout), and each hot-spot operator alone, ours against theirs.
 
@@ -38,7 +39,9 @@ from rich.table import Table
 from kxnet import baseline, kernels, measure, physics
 from kxnet.config import CONFIG_DIR, resolve_path
 from kxnet.data.images import read_image
-from kxnet.nn import KXNet, KXNetOutput
+from kxnet.data.synthesis import Degradation
+from kxnet.loss import StageLoss
+from kxnet.nn import KXNet
 
 __all__ = ["run", "main", "TARGETS", "format_seconds", "format_bytes", "format_ratio"]
 
@@ -53,16 +56,6 @@ TARGETS = {
     "conv_fraction_of_peak": ("convolution FLOP/s / matmul peak", ">=", 0.8),
     "synthesis_fraction_of_step": ("synthesis time / training step", "<=", 0.05),
 }
-
-
-def _loss(out: KXNetOutput, hr: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Eq. 12: ``Σ_t α_t‖K − K⁽ᵗ⁾‖₁ + β_t‖X − X⁽ᵗ⁾‖₁``, α_t = β_t = 0.1 for t < T, 1 at T."""
-    stages = len(out.images) - 1
-    total = hr.new_zeros(())
-    for t, (x, k) in enumerate(zip(out.images[1:], out.kernels[1:], strict=True), 1):
-        weight = 1.0 if t == stages else 0.1
-        total = total + weight * ((x - hr).abs().mean() + (k - kernel).abs().mean())
-    return total
 
 
 def _model(spec: dict[str, Any], device: torch.device) -> KXNet:
@@ -80,22 +73,10 @@ def _model(spec: dict[str, Any], device: torch.device) -> KXNet:
     return model.to(device)
 
 
-def _random_kernels(spec: dict[str, Any], batch: int, generator: torch.Generator, device):
-    draw = kernels.random_isotropic if spec["setting"] == "iso" else kernels.random_anisotropic
-    k, _ = draw(batch, spec["kernel_size"], spec["sigma_range"], generator, device=device)
-    return k
-
-
-def _synthesise(spec: dict[str, Any], hr: torch.Tensor, generator: torch.Generator):
-    """A training batch from HR crops: random kernels, ``physics.blur_downsample``, noise."""
-    k = _random_kernels(spec, hr.shape[0], generator, hr.device)
-    lr = physics.blur_downsample(hr, k, spec["scale"])
-    if spec["noise_max"] > 0:
-        shape = (hr.shape[0], 1, 1, 1)
-        sigma = torch.rand(shape, generator=generator, device=hr.device) * spec["noise_max"] / 255
-        noise = torch.randn(lr.shape, generator=generator, device=hr.device)
-        lr = (lr + sigma * noise).clamp_(0, 1)
-    return lr, k
+def _degradation(spec: dict[str, Any]) -> Degradation:
+    return Degradation(
+        spec["setting"], spec["scale"], spec["kernel_size"], spec["sigma_range"], spec["noise_max"]
+    )
 
 
 def _formulation(spec: dict[str, Any]) -> Callable[[], contextlib.AbstractContextManager]:
@@ -115,7 +96,9 @@ def _train_callable(spec: dict[str, Any], device: torch.device) -> Callable[[], 
     size = spec["lr_size"] * spec["scale"]
     hr = torch.rand(spec["batch"], 3, size, size, generator=generator, device=device)
     with torch.no_grad():
-        lr, k = _synthesise(spec, hr, generator)
+        batch = _degradation(spec)(hr, generator)
+    lr, k = batch["lr"], batch["kernel"]
+    loss = StageLoss()
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
     for param in model.parameters():
         param.grad = torch.zeros_like(param)
@@ -126,7 +109,7 @@ def _train_callable(spec: dict[str, Any], device: torch.device) -> Callable[[], 
         with formulation():
             with _autocast(spec, device):
                 out = model(lr)
-            _loss(out, hr, k).backward()
+            loss(out, hr, k).total.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=False)
 
@@ -157,10 +140,11 @@ def _synthesis_callable(spec: dict[str, Any], device: torch.device) -> Callable[
     hr = torch.rand(spec["batch"], 3, size, size, generator=generator, device=device)
     authors = spec["formulation"] == "authors"
     blur = baseline.full_blur_downsample if authors else physics.blur_downsample
+    degradation = _degradation(spec)
 
     def synthesise() -> None:
         with torch.no_grad(), mock.patch.object(physics, "blur_downsample", blur):
-            _synthesise(spec, hr, generator)
+            degradation(hr, generator)
 
     return synthesise
 
@@ -187,7 +171,7 @@ def _hot_spot_callable(spec: dict[str, Any], device: torch.device) -> Callable[[
     s, p, b, h = spec["scale"], spec["kernel_size"], spec["batch"], spec["lr_size"]
     x = torch.rand(b, 3, h * s, h * s, generator=generator, device=device)
     r = torch.rand(b, 3, h, h, generator=generator, device=device)
-    k = _random_kernels(spec, b, generator, device)
+    k, _ = _degradation(spec).sample_kernels(b, generator, device, torch.float32)
     inputs = {
         "kernel_gradient": (x, r, p, s),
         "blur_downsample": (x, k, s),

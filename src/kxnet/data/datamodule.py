@@ -1,0 +1,202 @@
+"""The LightningDataModule: HR crops for training, degraded on the device; benchmark sets.
+
+Training: DataLoader workers read random HR crops of ``lr_patch_size · scale`` pixels
+(:class:`~kxnet.data.hr_dataset.HRImageFolder`); ``on_after_batch_transfer`` turns each batch,
+already on the device, into ``{"lr", "hr", "kernel", "kernel_params", "noise"}`` with
+:class:`~kxnet.data.synthesis.Degradation`, drawing from a generator seeded by (seed, rank,
+training batch index), so ranks never share kernels and a resumed run draws what the
+uninterrupted one would have. Validation and test: one DataLoader per benchmark set (batch size
+1, every item once; under DDP each rank takes its own share, without padding).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, DistributedSampler
+
+from kxnet.config import resolve_path
+from kxnet.data.benchmarks import DATASETS, BenchmarkSet
+from kxnet.data.hr_dataset import EpochSampler, HRImageFolder
+from kxnet.data.synthesis import Degradation, step_generator
+
+__all__ = ["KXNetDataModule", "ShardSampler"]
+
+log = logging.getLogger(__name__)
+
+
+class ShardSampler(DistributedSampler):
+    """Indices ``rank, rank + world, …`` of a dataset: every item on exactly one rank, no padding.
+
+    A ``DistributedSampler`` (so Lightning does not wrap it in its own, padding one).
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class KXNetDataModule(pl.LightningDataModule):
+    """Training crops and benchmark test sets of one setting and scale.
+
+    Args:
+        train_dir: folder of HR training images (searched recursively).
+        benchmark_dir: folder holding the benchmark sets (``Set5/``, ``Set14/``, …).
+        cache_dir: where the degraded benchmark LR images are cached.
+        setting, scale, kernel_size, sigma_range, noise_max: the training degradation
+            (:class:`~kxnet.data.synthesis.Degradation`; ``None`` takes SPEC §2's value).
+        lr_patch_size: LR training patch side; HR crops are ``lr_patch_size · scale``.
+        batch_size, num_workers: of the training loader.
+        seed: seeds the crops, their order and the degradations.
+        samples_per_epoch, repeat, cache_images, check: passed to ``HRImageFolder``.
+        val_datasets, test_datasets: benchmark sets to validate and test on; folders missing
+            under ``benchmark_dir`` are skipped with a warning.
+        val_noise, test_noise: their noise levels; ``None``: the paper's (0, and 15 in aniso).
+    """
+
+    def __init__(
+        self,
+        train_dir: str | os.PathLike,
+        benchmark_dir: str | os.PathLike,
+        cache_dir: str | os.PathLike,
+        setting: str,
+        scale: int,
+        kernel_size: int | None = None,
+        sigma_range: Sequence[float] | None = None,
+        noise_max: float | None = None,
+        lr_patch_size: int = 64,
+        batch_size: int = 12,
+        num_workers: int = 4,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        repeat: int = 1,
+        cache_images: bool | None = None,
+        check: str = "verify",
+        val_datasets: Sequence[str] = ("Set5",),
+        val_noise: Sequence[float] | None = None,
+        test_datasets: Sequence[str] = DATASETS,
+        test_noise: Sequence[float] | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_dir = resolve_path(train_dir)
+        self.benchmark_dir = resolve_path(benchmark_dir)
+        self.cache_dir = resolve_path(cache_dir)
+        self.degradation = Degradation(setting, scale, kernel_size, sigma_range, noise_max)
+        self.setting, self.scale, self.seed = str(setting), int(scale), int(seed)
+        self.hr_patch_size = int(lr_patch_size) * self.scale
+        self.train_set: HRImageFolder | None = None
+        self.val_sets: list[BenchmarkSet] = []
+        self.test_sets: list[BenchmarkSet] = []
+
+    def _benchmarks(
+        self, names: Sequence[str], noise: Sequence[float] | None
+    ) -> list[BenchmarkSet]:
+        present = []
+        for name in names:
+            if (self.benchmark_dir / name).is_dir():
+                present.append(name)
+            else:
+                log.warning(
+                    "skipping benchmark %s: no folder %s (set paths.benchmark_dir)",
+                    name,
+                    self.benchmark_dir / name,
+                )
+        return [
+            BenchmarkSet(
+                self.benchmark_dir,
+                name,
+                self.setting,
+                self.scale,
+                list(noise) if noise is not None else None,
+                self.cache_dir,
+            )
+            for name in present
+        ]
+
+    def prepare_data(self) -> None:
+        """Generate the benchmark caches the trainer's task needs, on one process per node."""
+        hp = self.hparams
+        task = self.trainer.state.fn if self.trainer is not None else None
+        if task in (None, "fit", "validate"):
+            self._benchmarks(hp.val_datasets, hp.val_noise)
+        if task in (None, "test"):
+            self._benchmarks(hp.test_datasets, hp.test_noise)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = HRImageFolder(
+                self.train_dir,
+                self.hr_patch_size,
+                samples_per_epoch=hp.samples_per_epoch,
+                repeat=hp.repeat,
+                seed=self.seed,
+                cache_images=hp.cache_images,
+                check=hp.check,
+            )
+        if stage in ("fit", "validate", None) and not self.val_sets:
+            self.val_sets = self._benchmarks(hp.val_datasets, hp.val_noise)
+        if stage in ("test", None) and not self.test_sets:
+            self.test_sets = self._benchmarks(hp.test_datasets, hp.test_noise)
+            if not self.test_sets:
+                raise FileNotFoundError(
+                    f"none of test_datasets={list(hp.test_datasets)} is under "
+                    f"{self.benchmark_dir}: set paths.benchmark_dir"
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before train_dataloader()")
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            sampler=EpochSampler(len(self.train_set), seed=self.seed),
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            drop_last=True,
+            persistent_workers=workers > 0,
+        )
+
+    def _benchmark_loaders(self, sets: list[BenchmarkSet]) -> list[DataLoader]:
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        return [
+            DataLoader(
+                ds,
+                batch_size=1,
+                sampler=ShardSampler(ds, world, rank) if world > 1 else None,
+                num_workers=min(self.hparams.num_workers, 2),
+            )
+            for ds in sets
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders(self.val_sets)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._benchmark_loaders(self.test_sets)
+
+    def synthesize(self, hr, rank: int, step: int) -> dict:
+        """The training batch for HR crops B×3×H×W at (rank, training batch index ``step``)."""
+        return self.degradation(hr, step_generator(self.seed, rank, step, hr.device))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches (already on the device) get their degradation; others pass as is."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return batch
+        # Batches handed out so far in the whole fit (restored on resume): this batch's index.
+        step = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        return self.synthesize(batch["hr"], trainer.global_rank, step)

@@ -1,0 +1,82 @@
+"""Pictures for the dashboards: LR, bicubic, SR and HR side by side; kernels of every stage.
+
+``log_picture`` hands a picture to each attached logger in that logger's own way: W&B
+``log_image``, TensorBoard ``add_image``, and PNG files under ``<log_dir>/images`` for CSV.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch import Tensor
+
+__all__ = ["comparison_strip", "kernel_strip", "log_picture"]
+
+_GAP = 4
+
+
+def _row(tiles: Iterable[Tensor], gap: int = _GAP) -> Tensor:
+    """Tiles C×h×w (same C and h) → one C×h×W row with white gaps between them."""
+    tiles = list(tiles)
+    spacer = tiles[0].new_ones(tiles[0].shape[0], tiles[0].shape[1], gap)
+    parts = [tiles[0]]
+    for tile in tiles[1:]:
+        parts += [spacer, tile]
+    return torch.cat(parts, dim=-1)
+
+
+def comparison_strip(lr: Tensor, bicubic: Tensor, sr: Tensor, hr: Tensor) -> Tensor:
+    """One sample: lr 3×h×w (shown enlarged by pixel repetition), bicubic, sr, hr 3×H×W →
+    3×H×(4W + gaps) in [0, 1]."""
+    size = hr.shape[-2:]
+    lr_big = F.interpolate(lr[None].float(), size=size, mode="nearest")[0]
+    return _row(t.detach().float().clamp(0, 1).cpu() for t in (lr_big, bicubic, sr, hr))
+
+
+def kernel_strip(estimates: Iterable[Tensor], true: Tensor, zoom: int = 4) -> Tensor:
+    """Kernels p×p of stages 0 … T, then the true one → 3×(p·zoom)×W, all on one intensity
+    scale (white = the largest value among them)."""
+    kernels = [k.detach().float().cpu() for k in (*estimates, true)]
+    peak = max(float(k.max()) for k in kernels) or 1.0
+    tiles = [
+        F.interpolate((k / peak)[None, None], scale_factor=zoom, mode="nearest")[0].expand(
+            3, -1, -1
+        )
+        for k in kernels
+    ]
+    return _row(tiles, gap=2)
+
+
+def _to_uint8_hwc(picture: Tensor) -> np.ndarray:
+    return (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def log_picture(
+    loggers: Iterable[Logger], key: str, picture: Tensor, step: int, caption: str | None = None
+) -> None:
+    """Send a 3×H×W picture in [0, 1] to every logger (call on rank 0 only)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(
+                key=key,
+                images=[_to_uint8_hwc(picture)],
+                step=step,
+                caption=[caption] if caption else None,
+            )
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, picture.clamp(0, 1), global_step=step)
+        elif isinstance(logger, CSVLogger):
+            folder = Path(logger.log_dir) / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+            Image.fromarray(_to_uint8_hwc(picture)).save(folder / f"{name}_step{step:07d}.png")
+        else:
+            rank_zero_warn(f"{type(logger).__name__} cannot show pictures; {key!r} not logged")

@@ -1,0 +1,196 @@
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+
+from kxnet import physics
+from kxnet.config import CONFIG_DIR, project_root
+from kxnet.data.benchmarks import BenchmarkSet
+from kxnet.data.datamodule import KXNetDataModule, ShardSampler
+
+REPO = project_root()
+BUNDLED = REPO / "data" / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (100, 90, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png"
+        )
+    return folder
+
+
+def _dm(train_dir, tmp_path, setting="iso", scale=2, **kwargs):
+    args = dict(
+        train_dir=train_dir,
+        benchmark_dir=BUNDLED,
+        cache_dir=tmp_path / "cache",
+        setting=setting,
+        scale=scale,
+        lr_patch_size=8,
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+        check="header",
+        repeat=2,
+    )
+    return KXNetDataModule(**(args | kwargs))
+
+
+@pytest.mark.parametrize("setting", ["iso", "aniso"])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_training_batches_for_every_setting_and_scale(train_dir, tmp_path, setting, scale):
+    dm = _dm(train_dir, tmp_path, setting, scale)
+    dm.setup("fit")
+    hr = next(iter(dm.train_dataloader()))["hr"]
+    assert hr.shape == (4, 3, 8 * scale, 8 * scale)
+    batch = dm.synthesize(hr, rank=0, step=0)
+    p = 21 if setting == "iso" or scale == 4 else {2: 11, 3: 15}[scale]
+    assert batch["lr"].shape == (4, 3, 8, 8)
+    assert batch["kernel"].shape == (4, p, p)
+    assert batch["kernel_params"].shape == (4, 3) and batch["noise"].shape == (4,)
+    assert (batch["noise"] > 0).all() == (setting == "aniso")
+
+
+def test_paper_config_setting2_x4_gives_lr64_from_hr256_with_21x21_kernels(tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=["+data=default", "setting=aniso", "scale=4"])
+    assert (cfg.data.batch_size, cfg.data.lr_patch_size) == (12, 64)
+    dm = instantiate(
+        cfg.data, cache_dir=str(tmp_path), num_workers=0, check="header", pin_memory=False
+    )
+    assert dm.hr_patch_size == 256
+    assert dm.degradation.kernel_size == 21 and dm.degradation.noise_max == 25
+    assert dm.degradation.sigma_range == (0.6, 5.0)
+    dm.setup("fit")
+    hr = next(iter(dm.train_dataloader()))["hr"]
+    assert hr.shape == (12, 3, 256, 256)
+    batch = dm.synthesize(hr, rank=0, step=0)
+    assert batch["lr"].shape == (12, 3, 64, 64)
+    assert batch["kernel"].shape == (12, 21, 21)
+    assert batch["noise"].max() <= 25
+
+
+class _Recorder(pl.LightningModule):
+    """Records what reaches the steps; learns nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.train_batches, self.val_batches = [], []
+
+    def training_step(self, batch, batch_idx):
+        self.train_batches.append({k: v.clone() for k, v in batch.items()})
+        return self.weight * batch["lr"].mean()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.val_batches.append(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _trainer(**kwargs):
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**(args | kwargs))
+
+
+def _fit(train_dir, tmp_path, seed, setting="aniso"):
+    module = _Recorder()
+    _trainer().fit(module, datamodule=_dm(train_dir, tmp_path, setting, 2, seed=seed))
+    return module.train_batches
+
+
+def test_trainer_batches_are_degraded_with_fresh_kernels_every_step_and_repeat_per_seed(
+    train_dir, tmp_path
+):
+    batches = _fit(train_dir, tmp_path, seed=3)
+    assert len(batches) == 3
+    for b in batches:
+        assert set(b) == {"lr", "hr", "kernel", "kernel_params", "noise"}
+        assert b["lr"].shape == (4, 3, 8, 8) and b["hr"].shape == (4, 3, 16, 16)
+        assert (b["noise"] > 0).all()
+        blurred = physics.blur_downsample(b["hr"], b["kernel"], 2)
+        residual = (b["lr"] - blurred).flatten(1).std(1) * 255
+        assert (residual < b["noise"] * 1.5 + 0.5).all()
+    params = [tuple(b["kernel_params"].flatten().tolist()) for b in batches]
+    assert len(set(params)) == 3
+    again = _fit(train_dir, tmp_path, seed=3)
+    for x, y in zip(batches, again, strict=True):
+        for key in x:
+            assert torch.equal(x[key], y[key])
+    other = _fit(train_dir, tmp_path, seed=4)
+    assert not torch.equal(batches[0]["kernel"], other[0]["kernel"])
+
+
+def test_validation_batches_are_the_cached_benchmark_items_once_each(train_dir, tmp_path):
+    dm = _dm(train_dir, tmp_path, "aniso", 3, val_datasets=["Set5", "Missing"])
+    module = _Recorder()
+    _trainer(limit_val_batches=1.0).validate(module, datamodule=dm)
+    assert len(module.val_batches) == 5 * 8 * 2
+    b = module.val_batches[0]
+    assert b["lr"].shape[0] == 1 and b["dataset"] == ["Set5"]
+    assert b["kernel"].shape == (1, 15, 15)
+    keys = {(v["image"][0], int(v["kernel_index"]), float(v["noise"])) for v in module.val_batches}
+    assert len(keys) == 80
+    assert (tmp_path / "cache" / "Set5" / "aniso_x3" / "manifest.json").is_file()
+
+
+def test_shard_sampler_gives_every_item_to_exactly_one_rank(tmp_path):
+    ds = BenchmarkSet(BUNDLED, "Set5", "iso", 4, None, tmp_path)
+    shards = [list(ShardSampler(ds, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(len(ds)))
+    assert [len(ShardSampler(ds, 3, r)) for r in range(3)] == [len(s) for s in shards]
+
+
+def test_test_setup_without_any_benchmark_folder_fails_clearly(train_dir, tmp_path):
+    dm = _dm(train_dir, tmp_path, benchmark_dir=tmp_path / "none", test_datasets=["Set5"])
+    with pytest.raises(FileNotFoundError, match="paths.benchmark_dir"):
+        dm.setup("test")
+
+
+class _RankRecorder(_Recorder):
+    """Saves each rank's training kernels and validation items to ``out/rank<r>.pt``."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = str(out)
+
+    def on_fit_end(self):
+        seen = [
+            (v["image"][0], int(v["kernel_index"]), float(v["noise"])) for v in self.val_batches
+        ]
+        kernels = torch.stack([b["kernel_params"] for b in self.train_batches])
+        torch.save({"kernels": kernels, "val": seen}, f"{self.out}/rank{self.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_draw_distinct_kernels_and_share_validation(train_dir, tmp_path):
+    dm = _dm(train_dir, tmp_path, "iso", 4, val_datasets=["Set5"], repeat=8)
+    trainer = _trainer(
+        devices=2, strategy="ddp_spawn", limit_val_batches=1.0, val_check_interval=2, max_steps=2
+    )
+    trainer.fit(_RankRecorder(tmp_path), datamodule=dm)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0["kernels"].shape == r1["kernels"].shape == (2, 4, 3)
+    assert not set(r0["kernels"][..., 0].flatten().tolist()) & set(
+        r1["kernels"][..., 0].flatten().tolist()
+    )
+    assert not set(r0["val"]) & set(r1["val"])
+    assert len(r0["val"]) + len(r1["val"]) == 5 * 8

@@ -1,0 +1,258 @@
+"""`kxnet.train` end to end on the CPU: fast_dev_run for every setting and scale, exact resume,
+the bicubic S = 0 job, pictures for each logger, W&B offline by default, the paper command under
+a debug limit, DDP with two gloo processes, and (slow) a two-job multirun with DDP."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kxnet import KXNet
+from kxnet.data.benchmarks import BenchmarkSet
+from kxnet.metrics import psnr
+from kxnet.module import KXNetModule
+from kxnet.train import default_wandb_mode, train
+from trainhelp import QUIET, compose_train, run_train
+
+
+def _weights(run: Path) -> dict:
+    weights = torch.load(run / "weights.pt", weights_only=True)
+    assert weights["format"] == "kxnet-weights"
+    return weights
+
+
+def _loads(weights: dict) -> KXNet:
+    net = KXNet(**weights["config"])
+    net.load_state_dict(weights["state_dict"])
+    return net
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("setting", ["iso", "aniso"])
+def test_fast_dev_run_for_every_setting_and_scale(tmp_path, tiny_benchmark, setting, scale):
+    cfg = compose_train(
+        tmp_path,
+        "debug=fdr",
+        f"setting={setting}",
+        f"scale={scale}",
+        "model.stages=1",
+        *tiny_benchmark,
+        *QUIET,
+    )
+    assert train(cfg) is not None
+    weights = _weights(tmp_path)
+    assert weights["config"]["scale"] == scale and weights["config"]["setting"] == setting
+    assert _loads(weights).kernel_size == cfg.setting.kernel_size
+
+
+def _run(out: Path, bench: list[str], *overrides: str) -> float:
+    """Steps of 2 patches, 4 patches an epoch, a checkpoint every 2 steps, a test at the end."""
+    cfg = compose_train(
+        out,
+        "debug=default",
+        "trainer.detect_anomaly=false",
+        "trainer.deterministic=true",
+        "trainer.limit_val_batches=0",
+        "data.samples_per_epoch=4",
+        "callbacks.model_checkpoint.monitor=null",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "optimized_metric=test/psnr",
+        *bench,
+        *QUIET,
+        *overrides,
+    )
+    return train(cfg)
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark):
+    # The first run stops after one epoch; the second resumes from it for the next epoch.
+    whole = _run(tmp_path / "whole", tiny_benchmark, "trainer.max_steps=4")
+    _run(tmp_path / "first", tiny_benchmark, "trainer.max_steps=2", "test=false")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    resumed = _run(tmp_path / "resumed", tiny_benchmark, "trainer.max_steps=4", f"ckpt_path={last}")
+    assert resumed == whole
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("whole", "resumed"))
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
+    (opt_a,), (opt_b,) = a["optimizer_states"], b["optimizer_states"]
+    torch.testing.assert_close(opt_b["state"], opt_a["state"], rtol=0, atol=0)
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    half = torch.load(last)["state_dict"]
+    assert any(not torch.equal(half[k], v) for k, v in a["state_dict"].items())
+
+
+def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):
+    cfg = compose_train(tmp_path, "debug=limit", "model.stages=0", *tiny_benchmark, *QUIET)
+    assert train(cfg) is None
+    assert not (tmp_path / "checkpoints").exists()
+    assert _loads(_weights(tmp_path)).num_stages == 0
+
+
+def test_csv_and_tensorboard_loggers_get_the_pictures(tmp_path, tiny_benchmark):
+    cfg = compose_train(
+        tmp_path, "debug=limit", "logger=many", "logger.wandb=null", *tiny_benchmark, *QUIET
+    )
+    train(cfg)
+    pngs = sorted(p.name for p in (tmp_path / "csv" / "version_0" / "images").glob("*.png"))
+    assert pngs == [
+        "test_kernels_0_step0000002.png",
+        "test_pictures_0_step0000002.png",
+        "val_kernels_0_step0000002.png",
+        "val_pictures_0_step0000002.png",
+    ]
+    images, scalars = set(), set()
+    for events in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
+        tags = EventAccumulator(str(events)).Reload().Tags()
+        images |= set(tags["images"])
+        scalars |= set(tags["scalars"])
+    assert {"val/pictures/0", "val/kernels/0", "test/pictures/0"} <= images
+    assert {"val/psnr", "val/stage_psnr/02", "val/kernel_l1/01", "val/Tiny/ssim"} <= scalars
+    assert {"perf/wall_time_s", "perf/step_time_s", "perf/peak_memory_gib"} <= scalars
+
+
+def test_wandb_is_offline_unless_logged_in(tmp_path, monkeypatch):
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert default_wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert default_wandb_mode() == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert default_wandb_mode() == "online"
+
+
+def _wandb_runs(run: Path) -> list[Path]:
+    return sorted((run / "wandb").glob("offline-run-*"))
+
+
+def test_paper_command_runs_a_step_and_checkpoints(tmp_path, tiny_benchmark):
+    result = run_train(
+        [
+            "setting=aniso",
+            "scale=4",
+            "debug=limit",
+            "logger=wandb",
+            f"hydra.run.dir={tmp_path}",
+            *tiny_benchmark,
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = {p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert ckpt["hyper_parameters"]["model"] == {
+        "scale": 4,
+        "stages": 2,
+        "kernel_size": 21,
+        "setting": "aniso",
+        "checkpoint_stages": False,
+        "recompute_data_terms": True,
+        "channels_last": True,
+        "compile": False,
+    }
+    module = KXNetModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.net.num_stages == 2
+    (wandb_run,) = _wandb_runs(tmp_path)
+    images = {p.parent.name + "/" + p.name.split("_")[0] for p in wandb_run.rglob("*.png")}
+    assert {"pictures/0", "kernels/0"} <= images
+
+
+def _launches(output: str) -> int:
+    return len(re.findall(r"Launching \d+ jobs", output))
+
+
+def test_ddp_with_two_gloo_processes(tmp_path, tiny_benchmark):
+    result = run_train(
+        [
+            *tiny_benchmark,
+            "debug=limit",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "logger=wandb",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Starting with 2 processes" in output
+    assert len(_wandb_runs(tmp_path)) == 1
+    assert (tmp_path / "train_rank1.log").is_file()
+    assert _loads(_weights(tmp_path)).num_stages == 2
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        [
+            *tiny_benchmark,
+            "-m",
+            "model.stages=1,2",
+            "debug=limit",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert _launches(output) == 1
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert not (tmp_path / "outputs").exists()
+    for job, stages in (("0", 1), ("1", 2)):
+        run = sweep / job
+        assert len(_wandb_runs(run)) == 1
+        assert (run / "train_rank1.log").is_file()
+        best = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+        module = KXNetModule.load_from_checkpoint(best[0])
+        assert module.net.num_stages == stages
+        assert _loads(_weights(run)).num_stages == stages
+
+
+def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, capsys):
+    eval_cfg = "eval={datasets: [Tiny], noise: [0], device: cpu, num_workers: 0}"
+    cfg = compose_train(tmp_path, "debug=limit", eval_cfg, *tiny_benchmark, *QUIET)
+    train(cfg)
+    table = capsys.readouterr().out
+    assert "Tiny x2 Setting 1, noise 0:" in table and "bicubic" in table and " dB" in table
+    ours = json.loads((tmp_path / "eval" / "results.json").read_text())
+    bicubic = json.loads((tmp_path / "eval" / "bicubic" / "results.json").read_text())
+    assert ours["config"]["stages"] == 2 and bicubic["config"]["stages"] == 0
+    assert len(ours["records"]) == len(bicubic["records"]) == 2 * 8
+    assert {"dataset", "image", "setting", "scale", "noise", "psnr_y", "ssim_y"} <= set(
+        ours["records"][0]
+    )
+    net = _loads(_weights(tmp_path)).eval()
+    item = next(r for r in ours["records"] if r["image"] == "bird" and r["kernel_index"] == 3)
+    bench = BenchmarkSet(cfg.paths.benchmark_dir, "Tiny", "iso", 2, [0], cfg.paths.cache_dir)
+    index = next(
+        i for i, (img, _, k) in enumerate(bench.items) if bench.files[img].stem == "bird" and k == 3
+    )
+    sample = bench[index]
+    with torch.no_grad():
+        sr = net(sample["lr"][None]).sr
+    assert item["psnr_y"] == pytest.approx(psnr(sr, sample["hr"][None], 2).item(), abs=1e-6)
+    pictures = sorted(p.name for p in (tmp_path / "eval" / "pictures").glob("*.png"))
+    assert pictures == [
+        "Tiny_baby_k0_noise0.png",
+        "Tiny_baby_k0_noise0_kernels.png",
+        "Tiny_bird_k0_noise0.png",
+        "Tiny_bird_k0_noise0_kernels.png",
+    ]
