@@ -306,6 +306,8 @@ def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
         (["model.stages=19"], "model.stages=19 without ckpt_path"),
         ([f"ckpt_path={tmp_path / 'none.pt'}"], "no such checkpoint file"),
         ([f"ckpt_path={OFFICIAL}", "model.stages=19"], "checkpoint has stages=2"),
+        (["paper=table1", f"ckpt_path={tiny_weights}"], "has setting=aniso but setting=iso"),
+        ([f"ckpt_path={tiny_weights}", "eval.require=[depth]"], "eval.require=['depth'] names"),
         (["model.stages=0", "eval.true_kernel=true"], "bicubic has no X-net"),
         (
             [f"ckpt_path={tiny_weights}", f"paths.cache_dir={tiny_weights}"],

@@ -68,7 +68,8 @@ _ASKS = {
 
 
 def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
-    """The checkpoint properties set on the command line, with their configured values."""
+    """The checkpoint properties set on the command line or named in ``eval.require``, with
+    their configured values."""
     keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
     values = {
         "scale": cfg.scale,
@@ -76,7 +77,15 @@ def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
         "kernel_size": cfg.model.kernel_size,
         "setting": cfg.setting.name,
     }
-    return {prop: values[prop] for key, prop in _ASKS.items() if key in keys}
+    required = list(cfg.eval.get("require") or [])
+    unknown = [name for name in required if name not in values]
+    if unknown:
+        raise EvalError(
+            f"eval.require={required} names {', '.join(unknown)}: use scale, setting, stages "
+            "or kernel_size"
+        )
+    asked = {prop for key, prop in _ASKS.items() if key in keys} | set(required)
+    return {prop: values[prop] for prop in values if prop in asked}
 
 
 def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") -> KXNet:
