@@ -129,3 +129,39 @@ def test_small_model_overfits_one_batch():
         opt.step()
         sched.step()
     assert loss_fn().item() < first / 10
+
+
+def test_stage_kernels_from_a_blind_run_reproduce_it_exactly():
+    model = KXNet(scale=2, stages=3, setting="aniso").eval()
+    lr = torch.rand(2, 3, 14, 11)
+    with torch.no_grad():
+        blind = model(lr)
+        fed = model(lr, stage_kernels=blind.kernels[1:])
+    for a, b in zip(blind.images, fed.images, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(blind.kernels, fed.kernels, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_same_kernel_at_every_stage_is_the_true_kernel_run():
+    model = KXNet(scale=3, stages=2, setting="aniso").eval()
+    lr = torch.rand(1, 3, 10, 10)
+    k = kernels.anisotropic_gaussian(
+        torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([0.5]), 15
+    )
+    with torch.no_grad():
+        a = model(lr, true_kernel=k)
+        b = model(lr, stage_kernels=[k, k])
+        blind = model(lr)
+    torch.testing.assert_close(a.sr, b.sr, rtol=0, atol=0)
+    assert (a.sr - blind.sr).abs().max() > 1e-4
+
+
+def test_stage_kernels_are_checked():
+    model = KXNet(scale=2, stages=2, setting="aniso")
+    lr = torch.rand(1, 3, 8, 8)
+    k = kernels.isotropic_gaussian(torch.tensor([1.0]), 11)
+    with pytest.raises(ValueError, match="1 kernels for 2 stages"):
+        model(lr, stage_kernels=[k])
+    with pytest.raises(ValueError, match="not both"):
+        model(lr, true_kernel=k, stage_kernels=[k, k])

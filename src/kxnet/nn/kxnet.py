@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -95,10 +96,22 @@ class KXNet(nn.Module):
         """X⁽⁰⁾: bicubic upsampling of the LR image, B×3×h×w → B×3×h·s×w·s."""
         return F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
-    def forward(self, lr: Tensor, true_kernel: Tensor | None = None) -> KXNetOutput:
-        """lr: B×3×h×w in [0, 1]; ``true_kernel`` (B×p×p) replaces K-net's estimate if given."""
+    def forward(
+        self,
+        lr: Tensor,
+        true_kernel: Tensor | None = None,
+        stage_kernels: Sequence[Tensor] | None = None,
+    ) -> KXNetOutput:
+        """lr: B×3×h×w in [0, 1] → :class:`KXNetOutput`.
+
+        ``true_kernel`` (B×p×p) replaces K-net's estimate at every stage (the paper's non-blind
+        check). ``stage_kernels`` (T tensors of B×p×p, e.g. ``out.kernels[1:]`` of an earlier
+        run) replaces it stage by stage, so that X-net alone reproduces a blind run: this is how
+        an image is restored tile by tile with the kernels estimated once for the whole image.
+        """
         if lr.dim() != 4 or lr.shape[1] != 3:
             raise ValueError(f"KXNet expects B×3×h×w input, got shape {tuple(lr.shape)}")
+        fixed = self._fixed_kernels(true_kernel, stage_kernels)
         batch = lr.shape[0]
         x = self.initial_image(lr)
         k = self.k0.to(lr.dtype).expand(batch, -1, -1)
@@ -107,13 +120,27 @@ class KXNet(nn.Module):
             return KXNetOutput(images, kernels_out)
         aux_x = F.conv2d(lr, self.aux_x_weight.to(lr.dtype), padding=1)
         aux_k = self.aux_k.to(lr.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
-        for stage in self.stages:
+        for stage, stage_kernel in zip(self.stages, fixed, strict=True):
             if self.checkpoint_stages and self.training and torch.is_grad_enabled():
                 x, k, aux_x, aux_k = checkpoint(
-                    stage, x, lr, k, aux_x, aux_k, true_kernel, use_reentrant=False
+                    stage, x, lr, k, aux_x, aux_k, stage_kernel, use_reentrant=False
                 )
             else:
-                x, k, aux_x, aux_k = stage(x, lr, k, aux_x, aux_k, true_kernel)
+                x, k, aux_x, aux_k = stage(x, lr, k, aux_x, aux_k, stage_kernel)
             images.append(x)
             kernels_out.append(k)
         return KXNetOutput(images, kernels_out)
+
+    def _fixed_kernels(
+        self, true_kernel: Tensor | None, stage_kernels: Sequence[Tensor] | None
+    ) -> list[Tensor | None]:
+        """The kernel each stage's X-net is given instead of K-net's (None: K-net runs)."""
+        if stage_kernels is None:
+            return [true_kernel] * self.num_stages
+        if true_kernel is not None:
+            raise ValueError("give true_kernel or stage_kernels, not both")
+        if len(stage_kernels) != self.num_stages:
+            raise ValueError(
+                f"stage_kernels has {len(stage_kernels)} kernels for {self.num_stages} stages"
+            )
+        return list(stage_kernels)

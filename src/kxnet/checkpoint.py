@@ -1,0 +1,240 @@
+"""Building a :class:`KXNet` from any checkpoint file, and writing bare weights.
+
+Three formats are read:
+
+- a Lightning checkpoint of ``kxnet.module.KXNetModule`` (``.ckpt``): the network's weights are
+  the ``state_dict`` entries under ``net.``, its config is ``hyper_parameters["model"]``;
+- a bare-weights file written by :func:`save_weights`:
+  ``{"format": "kxnet-weights", "config": {scale, stages, kernel_size, setting}, "state_dict"}``;
+- a state dict released by the paper's authors (``.pth``), through :func:`kxnet.load_official`.
+
+Files are read with ``torch.load(weights_only=True)`` (tensors, plain containers and OmegaConf
+configs only), so loading a file cannot run code. Every failure is a :class:`CheckpointError`
+whose one-line message names the file, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import typing
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
+from torch import Tensor
+
+from kxnet.nn.kxnet import KXNet
+from kxnet.official import convert_official_state_dict, load_official
+
+__all__ = [
+    "WEIGHTS_FORMAT",
+    "CheckpointError",
+    "load_model",
+    "model_config",
+    "save_weights",
+]
+
+WEIGHTS_FORMAT = "kxnet-weights"
+CONFIG_KEYS = ("scale", "stages", "kernel_size", "setting")
+# The command-line option that sets each config entry.
+OPTIONS = {
+    "scale": "scale",
+    "stages": "model.stages",
+    "kernel_size": "model.kernel_size",
+    "setting": "setting",
+}
+_SAFE_GLOBALS = [
+    DictConfig,
+    ListConfig,
+    ContainerMetadata,
+    Metadata,
+    AnyNode,
+    BooleanNode,
+    FloatNode,
+    IntegerNode,
+    StringNode,
+    typing.Any,
+    dict,
+    list,
+    defaultdict,
+]
+_UNREADABLE = (
+    "not a readable PyTorch checkpoint: the file is truncated, corrupt or of another kind; "
+    "save or download it again"
+)
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file, the cause and the fix."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def model_config(model: KXNet) -> dict:
+    """``{scale, stages, kernel_size, setting}`` of a network: what rebuilds it."""
+    return {
+        "scale": model.scale,
+        "stages": model.num_stages,
+        "kernel_size": model.kernel_size,
+        "setting": model.setting,
+    }
+
+
+def save_weights(model: KXNet, path: str | os.PathLike) -> Path:
+    """Write ``model`` as a bare-weights file, atomically: a temporary name, then a rename.
+
+    An existing file at ``path`` stays whole until the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "config": model_config(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: Path, map_location) -> object:
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file (check ckpt_path)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "empty file (0 bytes): the checkpoint was not saved completely")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _UNSUPPORTED.search(str(err))
+        if found:
+            raise CheckpointError(
+                path,
+                f"holds a Python object ({found.group(1)}) besides weights, which is not loaded "
+                "from a file that could run code; from a trusted copy, re-save the network with "
+                "kxnet.checkpoint.save_weights",
+            ) from err
+        raise CheckpointError(path, _UNREADABLE) from err
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, AttributeError) as err:
+        raise CheckpointError(path, _UNREADABLE) from err
+
+
+def _from_lightning(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
+    hparams = ckpt.get("hyper_parameters") or {}
+    config = hparams.get("model") if isinstance(hparams, Mapping) else None
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            path,
+            "Lightning checkpoint without hyper_parameters['model']: not saved by "
+            "kxnet.module.KXNetModule",
+        )
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not state:
+        raise CheckpointError(path, "Lightning checkpoint without 'net.' weights")
+    return dict(config), state
+
+
+def _from_weights(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
+    config, state = ckpt.get("config"), ckpt.get("state_dict")
+    if not isinstance(config, Mapping) or not isinstance(state, Mapping):
+        raise CheckpointError(path, "kxnet-weights file without 'config' and 'state_dict'")
+    return dict(config), dict(state)
+
+
+def _check(path: Path, found: dict, expect: dict) -> None:
+    for name, asked in expect.items():
+        if asked is not None and found.get(name) != asked:
+            option = OPTIONS[name]
+            raise CheckpointError(
+                path,
+                f"checkpoint has {name}={found.get(name)} but {option}={asked} was asked for: "
+                f"drop the {option} override (the checkpoint's value is used) or pass a "
+                f"checkpoint with {name}={asked}",
+            )
+
+
+def _build(path: Path, config: dict, state: Mapping[str, Tensor]) -> KXNet:
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise CheckpointError(path, f"model config lacks {', '.join(missing)}")
+    try:
+        model = KXNet(**{k: config[k] for k in CONFIG_KEYS})
+    except ValueError as err:
+        raise CheckpointError(path, f"invalid model config ({err})") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:200]
+        raise CheckpointError(path, f"weights do not fit the config {config} ({detail})") from err
+    return model
+
+
+def load_model(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    **expect,
+) -> KXNet:
+    """A :class:`KXNet` in eval mode with the weights of any supported checkpoint file.
+
+    ``expect`` takes ``scale``, ``stages``, ``kernel_size`` and ``setting``: each one given (not
+    None) must match the checkpoint, else :class:`CheckpointError` says which and how to fix it.
+    The authors' files do not record the setting; there ``setting`` only names the model.
+    """
+    unknown = set(expect) - set(CONFIG_KEYS)
+    if unknown:
+        raise TypeError(f"load_model() got unexpected options {sorted(unknown)}")
+    path = Path(path)
+    ckpt = _read(path, map_location)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(path, f"holds a {type(ckpt).__name__}, not a checkpoint dictionary")
+    fmt = ckpt.get("format")
+    if fmt is not None:
+        if fmt != WEIGHTS_FORMAT:
+            raise CheckpointError(path, f"unknown format {fmt!r} (expected {WEIGHTS_FORMAT!r})")
+        config, state = _from_weights(path, ckpt)
+    elif "state_dict" in ckpt and (
+        "hyper_parameters" in ckpt or "pytorch-lightning_version" in ckpt
+    ):
+        config, state = _from_lightning(path, ckpt)
+    else:
+        return _load_official(path, ckpt, expect)
+    _check(path, config, expect)
+    return _build(path, config, state).eval()
+
+
+def _load_official(path: Path, ckpt: Mapping, expect: dict) -> KXNet:
+    try:
+        convert_official_state_dict(ckpt)
+    except ValueError as err:
+        raise CheckpointError(
+            path,
+            f"not a KXNet checkpoint ({err}); expected a Lightning .ckpt of KXNetModule, a "
+            "kxnet-weights file or the authors' released .pth",
+        ) from err
+    try:
+        model = load_official(ckpt, setting=expect.get("setting"))
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(path, f"authors' checkpoint cannot be loaded ({err})") from err
+    _check(path, model_config(model), {k: v for k, v in expect.items() if k != "setting"})
+    return model

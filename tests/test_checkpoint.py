@@ -1,0 +1,212 @@
+import fractions
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import kxnet
+from kxnet.checkpoint import WEIGHTS_FORMAT, CheckpointError, load_model, save_weights
+
+FIXTURE = Path(__file__).parent / "fixtures" / "official_x2_s2_p11.pt"
+CONFIG = {"scale": 2, "stages": 1, "kernel_size": 11, "setting": "aniso"}
+
+
+@pytest.fixture
+def model():
+    net = kxnet.KXNet(**CONFIG)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return net.eval()
+
+
+def _same(a, b):
+    lr = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(a(lr).sr, b(lr).sr, rtol=0, atol=0)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_bare_weights_round_trip(model, tmp_path):
+    path = save_weights(model, tmp_path / "sub" / "kxnet_x2.pt")
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == WEIGHTS_FORMAT and raw["config"] == CONFIG
+    loaded = load_model(path, **CONFIG)
+    assert not loaded.training
+    _same(model, loaded)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["kxnet_x2.pt"]
+
+
+def test_save_weights_keeps_the_old_file_when_writing_fails(model, tmp_path, monkeypatch):
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"previous")
+
+    def broken_save(obj, f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(model, path)
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+
+
+def _lightning_dict(model, config):
+    return {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": {"net." + k: v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model": config, "optim": {"lr": 2e-4}},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 2e-4}]}],
+    }
+
+
+def test_lightning_checkpoint_dict(model, tmp_path):
+    path = tmp_path / "last.ckpt"
+    config = OmegaConf.create({**CONFIG, "checkpoint_stages": True})
+    torch.save(_lightning_dict(model, config), path)
+    _same(model, load_model(path))
+    _same(model, load_model(path, scale=2, stages=1, kernel_size=11, setting="aniso"))
+
+
+class _TinyModule(L.LightningModule):
+    """Holds the network as ``self.net`` and its config as ``model``, as KXNetModule does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = kxnet.KXNet(**{k: v for k, v in model.items() if k != "checkpoint_stages"})
+
+    def training_step(self, batch, _):
+        return self.net(batch[0]).sr.mean()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_checkpoint_of_a_real_trainer_run(tmp_path):
+    module = _TinyModule(OmegaConf.create({**CONFIG, "checkpoint_stages": False}))
+    data = torch.utils.data.TensorDataset(torch.rand(2, 3, 8, 8))
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    _same(module.net.eval(), load_model(tmp_path / "run.ckpt", scale=2))
+
+
+def test_authors_checkpoint(tmp_path):
+    official = torch.load(FIXTURE, weights_only=True)
+    model = load_model(FIXTURE, scale=2, stages=2, kernel_size=11, setting="aniso")
+    with torch.no_grad():
+        out = model(official["lr"])
+    torch.testing.assert_close(out.sr, official["sr"][-1], rtol=1e-5, atol=1e-5)
+    path = tmp_path / "KXNet_x2.pth"
+    torch.save(official["state_dict"], path)
+    _same(model, load_model(path))
+    with pytest.raises(CheckpointError, match=r"KXNet_x2\.pth: checkpoint has stages=2 but"):
+        load_model(path, stages=19)
+
+
+@pytest.mark.parametrize(
+    "asked,option",
+    [
+        ({"scale": 4}, "scale=4"),
+        ({"stages": 19}, "model.stages=19"),
+        ({"kernel_size": 21}, "model.kernel_size=21"),
+        ({"setting": "iso"}, "setting=iso"),
+    ],
+)
+def test_mismatch_names_the_file_and_the_option(model, tmp_path, asked, option):
+    path = save_weights(model, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_model(path, **asked)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: checkpoint has")
+    assert f"but {option} was asked for" in message
+    assert f"drop the {option.split('=')[0]} override" in message
+
+
+def _write(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", "empty file"),
+        (b"not a checkpoint at all\n", "not a readable PyTorch checkpoint"),
+        ("truncated", "not a readable PyTorch checkpoint"),
+        ({"format": "onnx", "config": {}}, "unknown format 'onnx'"),
+        ([1, 2, 3], "holds a list, not a checkpoint"),
+        ({"conv1.weight": torch.zeros(1)}, "not a KXNet checkpoint"),
+        ({"state_dict": {}, "hyper_parameters": {}}, "without hyper_parameters['model']"),
+        ({"format": "kxnet-weights", "config": {"scale": 2}}, "without 'config' and 'state_dict'"),
+        (
+            {"format": "kxnet-weights", "config": CONFIG, "state_dict": {}},
+            "weights do not fit the config",
+        ),
+        ({"format": "kxnet-weights", "x": fractions.Fraction(1, 3)}, "holds a Python object"),
+    ],
+)
+def test_unusable_files_are_refused_in_one_line(model, tmp_path, content, reason):
+    path = tmp_path / "bad.ckpt"
+    if content == "truncated":
+        good = save_weights(model, tmp_path / "good.pt").read_bytes()
+        content = good[: len(good) // 2]
+    _write(path, content)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert reason in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_and_unknown_option(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_model(tmp_path / "nope.ckpt")
+    with pytest.raises(TypeError, match="patch_size"):
+        load_model(FIXTURE, patch_size=64)
+
+
+def test_checkpoint_of_a_kxnet_module_training_run(tmp_path):
+    kxnet_module = pytest.importorskip("kxnet.module", reason="kxnet.module is not installed")
+    module = kxnet_module.KXNetModule(
+        model={**CONFIG, "checkpoint_stages": False},
+        scheduler=None,
+        images_to_log=0,
+        stage_metrics=False,
+    )
+    kernel = kxnet.kernels.isotropic_gaussian(torch.tensor([1.2]), 11)[0]
+    sample = {"lr": torch.rand(3, 8, 8), "hr": torch.rand(3, 16, 16), "kernel": kernel}
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader([sample] * 4, batch_size=2))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    torch.save(module.bare_weights(), tmp_path / "exported.pt")
+    net = module.net.eval()
+    _same(net, load_model(tmp_path / "last.ckpt", scale=2, stages=1, kernel_size=11))
+    _same(net, load_model(tmp_path / "exported.pt", setting="aniso"))
+    with pytest.raises(CheckpointError, match="but model.stages=19 was asked for"):
+        load_model(tmp_path / "last.ckpt", stages=19)
