@@ -7,8 +7,8 @@
 - ``Probe``: a callback that records every training step (weights before and after, learning
   rate, the batch's kernel parameters) and saves the record at the end of training.
 - Run as a script (``python tests/faultinject.py OVERRIDES…``): ``python -m kxnet.train``, where
-  ``KXNET_TEST_KILL_IN_SAVE=N`` makes the N-th checkpoint save write part of the file, then
-  SIGKILLs the process.
+  ``KXNET_TEST_KILL_IN_SAVE=N`` makes the N-th file written through ``kxnet.atomic`` (the
+  checkpoints) get half its bytes, then SIGKILLs the process.
 """
 
 from __future__ import annotations
@@ -99,17 +99,16 @@ class Probe(pl.Callback):
 
 
 def _kill_in_save(save_number: int) -> None:
-    """Make the ``save_number``-th checkpoint written through kxnet.atomic die half-way."""
+    """Make the ``save_number``-th file written through kxnet.atomic (a ``.NAME.partial``
+    temporary file) die half-way: half of its bytes are written, then the process is killed."""
     import torch
-
-    from kxnet import atomic
 
     real_save = torch.save
     count = 0
 
     def save(obj, f, *args, **kwargs):
         nonlocal count
-        if not isinstance(f, io.IOBase):
+        if not str(getattr(f, "name", "")).endswith(".partial"):
             return real_save(obj, f, *args, **kwargs)
         count += 1
         if count < save_number:
@@ -121,7 +120,7 @@ def _kill_in_save(save_number: int) -> None:
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    atomic.torch.save = save  # only the module's reference: the rest of torch is untouched
+    torch.save = save
 
 
 if __name__ == "__main__":

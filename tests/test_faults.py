@@ -27,6 +27,7 @@ from torch.utils.data import DistributedSampler
 
 from kxnet import atomic
 from kxnet.callbacks import DivergedError
+from kxnet.checkpoint_io import AtomicCheckpointIO
 from kxnet.checks import StartupError, one_line_errors
 from kxnet.data.hr_dataset import EpochSampler
 from kxnet.data.images import DataError
@@ -134,7 +135,10 @@ def _bad_runs(root: Path, trained: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "no test set": (["test=true", "data.test_datasets=[Nope]"], r"data\.test_datasets"),
         "checkpoint missing": ([f"ckpt_path={root / 'none.ckpt'}"], r"ckpt_path=.*does not exist"),
-        "checkpoint truncated": ([f"ckpt_path={truncated}"], r"ckpt_path=.*cannot be read"),
+        "checkpoint truncated": (
+            [f"ckpt_path={truncated}"],
+            r"ckpt_path=.*truncated\.ckpt: not a readable PyTorch checkpoint",
+        ),
         "checkpoint of other stages": (
             [f"ckpt_path={ckpt}", "model.stages=2"],
             r"trained with model\.stages=1 but model\.stages=2 is configured",
@@ -317,7 +321,7 @@ def test_the_trainer_writes_checkpoints_atomically(tmp_path, trainer):
 
     cfg = compose_train(tmp_path, f"trainer={trainer}", "trainer.accelerator=cpu")
     strategy = instantiate(cfg.trainer).strategy
-    assert isinstance(strategy.checkpoint_io, atomic.AtomicCheckpointIO)
+    assert isinstance(strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def _state(run: Path) -> dict:

@@ -7,7 +7,7 @@ writer (``lightning.fabric.utilities.cloud_io._atomic_save`` in 2.6) writes a te
 the system's temporary folder and moves it into place without ``fsync``: when that folder is on
 another file system than the checkpoints (a local ``/tmp``, checkpoints on a network file
 system), the move is a copy into the target, which a kill leaves half-written.
-:class:`AtomicCheckpointIO` makes the Trainer save through :func:`atomic_save`.
+:class:`kxnet.checkpoint_io.AtomicCheckpointIO` makes the Trainer save through :func:`atomic_save`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["atomic_save", "partial_path", "AtomicCheckpointIO"]
+__all__ = ["atomic_save", "partial_path"]
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -62,18 +61,3 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         raise
     _sync_folder(path.parent)
     return path
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint reader and remover, with :func:`atomic_save` as the writer (local
-    paths; other URLs go through Lightning's own writer)."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        if "://" in str(path) and not str(path).startswith("file://"):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-        atomic_save(checkpoint, str(path).removeprefix("file://"))

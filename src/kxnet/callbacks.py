@@ -93,6 +93,8 @@ class ResourceMonitor(pl.Callback):
 class DivergedError(RuntimeError):
     """Training kept producing non-finite values after every roll-back it was allowed."""
 
+    exit_status = 1
+
 
 def _cpu_copy(tree: Any) -> Any:
     return apply_to_collection(tree, Tensor, lambda t: t.detach().to("cpu", copy=True))

@@ -25,11 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kxnet import kernels, physics
+from kxnet.checkpoint import CheckpointError, read_checkpoint
 from kxnet.config import resolve_path
 from kxnet.data.images import DataError, list_images
 
 __all__ = [
     "StartupError",
+    "report_error",
     "one_line_errors",
     "check_model",
     "check_writable",
@@ -53,20 +55,25 @@ class StartupError(ValueError):
     """A run that cannot start; the message names the option or file, the cause and the fix."""
 
 
+def report_error(err: BaseException, status: int = START_UP_EXIT) -> int:
+    """Print ``error: MESSAGE`` (on one line) to stderr and return ``status``; with
+    ``HYDRA_FULL_ERROR=1``, raise ``err`` instead, traceback and all."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    message = " ".join(str(err).split())
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
 @contextlib.contextmanager
 def one_line_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Print ``error: MESSAGE`` and exit, with status 2 on a :class:`StartupError` or a
-    :class:`~kxnet.data.images.DataError`, status 1 on any of ``kinds`` (errors of a run that
-    has started); with ``HYDRA_FULL_ERROR=1`` they are raised as they are."""
+    """Turn a :class:`StartupError`, a :class:`~kxnet.data.images.DataError` or any of
+    ``kinds`` into :func:`report_error`'s line and exit: status 2, or the error's
+    ``exit_status`` (1 for errors of a run that had started, such as a diverged training)."""
     try:
         yield
     except (StartupError, DataError, *kinds) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        status = START_UP_EXIT if isinstance(err, StartupError | DataError) else 1
-        raise SystemExit(status) from None
+        raise SystemExit(report_error(err, getattr(err, "exit_status", START_UP_EXIT))) from None
 
 
 def _positive_int(value: Any, option: str, minimum: int = 1) -> int:
@@ -155,32 +162,23 @@ def check_benchmarks(
     return present
 
 
-def _load_checkpoint(path: Path, option: str) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise StartupError(
-            f"{option}={path} does not exist: pass the last.ckpt (or another .ckpt) under a "
-            "run's checkpoints/ folder, or leave it out to start afresh"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any failure to read means the same to the user
-        detail = " ".join(str(err).split())[:160]
-        raise StartupError(
-            f"{option}={path} cannot be read as a checkpoint ({type(err).__name__}: {detail}): "
-            "it is truncated or not a Lightning checkpoint; pass an earlier checkpoint of the run"
-        ) from err
-    if not isinstance(ckpt, Mapping):
-        raise StartupError(f"{option}={path} holds a {type(ckpt).__name__}, not a checkpoint")
-    return ckpt
-
-
 def check_resume(
     path: str | os.PathLike, model: Mapping[str, Any], option: str = "ckpt_path"
 ) -> Mapping[str, Any]:
     """A Lightning checkpoint of :class:`~kxnet.module.KXNetModule` to resume training from,
     trained with the same scale, setting, stages and kernel size as ``model``; returns it."""
     path = Path(os.path.expanduser(str(path))).absolute()
-    ckpt = _load_checkpoint(path, option)
+    if not path.is_file():
+        raise StartupError(
+            f"{option}={path} does not exist: pass the last.ckpt (or another .ckpt) under a "
+            "run's checkpoints/ folder, or leave it out to start afresh"
+        )
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as err:
+        raise StartupError(f"{option}={err}") from err
+    if not isinstance(ckpt, Mapping):
+        raise StartupError(f"{option}={path} holds a {type(ckpt).__name__}, not a checkpoint")
     if ckpt.get("format") is not None or "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise StartupError(
             f"{option}={path} is not a training checkpoint (no optimiser and loop states; "
