@@ -471,6 +471,21 @@ def test_nan_steps_are_skipped_logged_and_rolled_back(tmp_path, caplog):
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+def test_a_nan_step_is_not_applied_under_16_bit_mixed_precision(tmp_path):
+    # Lightning's 16-mixed on a GPU: autocast and a grad scaler, which unscales the gradients
+    # before the module drops them; here the same with the CPU's scaler.
+    plugins = (
+        "trainer.plugins=[{_target_: kxnet.checkpoint_io.AtomicCheckpointIO}, "
+        "{_target_: lightning.pytorch.plugins.precision.MixedPrecision, precision: 16-mixed, "
+        "device: cpu, scaler: {_target_: torch.amp.GradScaler, device: cpu}}]"
+    )
+    steps = _nan_run(tmp_path, [3], "trainer.precision=null", plugins)["steps"]
+    assert [s for s in sorted(steps) if steps[s]["skipped"]] == [3]
+    assert _same(steps[3]["before"], steps[3]["after"])
+    assert steps[3]["adam_steps"] == steps[2]["adam_steps"] == 3
+    assert steps[7]["adam_steps"] == 7 and not _same(steps[7]["before"], steps[7]["after"])
+
+
 def test_skipped_steps_outside_the_window_do_not_roll_back(tmp_path, caplog):
     caplog.set_level("WARNING")
     probe = _nan_run(

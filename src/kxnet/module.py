@@ -180,18 +180,15 @@ class KXNetModule(pl.LightningModule):
         return {"loss": loss.total, "kernel": output.kernel.detach(), "skipped": False}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """After a skipped step: drop the gradients, so that the optimiser changes nothing (the
-        mixed-precision grad scaler is given infinite ones instead, which makes it skip)."""
+        """After a skipped step: drop the gradients, so that the optimiser changes nothing
+        (a parameter without a gradient is left alone, its optimiser state too; under 16-bit
+        mixed precision the grad scaler has unscaled the zero gradients already)."""
         if not self._drop_update:
             return
         self._drop_update = False
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         for group in optimizer.param_groups:
             for p in group["params"]:
-                if scaler is not None and p.grad is not None:
-                    p.grad.fill_(float("inf"))
-                else:
-                    p.grad = None
+                p.grad = None
 
     def _finite_everywhere(self, loss: Tensor, kernel: Tensor, batch: dict[str, Tensor]) -> bool:
         """Whether the loss and every kernel estimate (B×p×p) are finite on every rank.
