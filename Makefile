@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format train bench data clean
+.PHONY: help install test test-full lint format train notebooks bench data clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -29,12 +29,12 @@ test-full: install ## Run every test, the slow ones included
 	$(PY) -m pytest -q
 
 lint: install ## Check style with ruff
-	$(PY) -m ruff check src tests experiments
-	$(PY) -m ruff format --check src tests experiments
+	$(PY) -m ruff check src tests experiments notebooks
+	$(PY) -m ruff format --check src tests experiments notebooks
 
 format: install ## Format the code with ruff
-	$(PY) -m ruff check --fix src tests experiments
-	$(PY) -m ruff format src tests experiments
+	$(PY) -m ruff check --fix src tests experiments notebooks
+	$(PY) -m ruff format src tests experiments notebooks
 
 DATA_ROOT ?= data/full
 SETS ?= train
@@ -43,6 +43,11 @@ data: install ## Fetch and check DIV2K + Flickr2K into $(DATA_ROOT) (SETS=..., F
 
 train: install ## Train the quick preset on a CPU, then evaluate it on Set5 beside bicubic
 	$(PY) -m kxnet.train experiment=quick
+
+notebooks: install ## Run the notebooks into outputs/notebooks/ (KXNET_CHECKPOINT=FILE picks the network)
+	mkdir -p outputs/notebooks
+	cp notebooks/*.ipynb outputs/notebooks/
+	cd outputs/notebooks && $(abspath $(PY)) -m jupyter execute --inplace *.ipynb
 
 clean: ## Remove build and test outputs (keeps $(VENV))
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info
