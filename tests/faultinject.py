@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import sys
 import time
 
 import lightning.pytorch as pl
@@ -128,5 +127,4 @@ if __name__ == "__main__":
         _kill_in_save(int(os.environ["KXNET_TEST_KILL_IN_SAVE"]))
     from kxnet.train import main
 
-    sys.argv[0] = "kxnet.train"
     main()
