@@ -1,5 +1,7 @@
-"""``python -m kxnet.eval`` and the reproduction of the paper's Bicubic rows (Tables 1-2)."""
+"""``python -m kxnet.eval``: checkpoints, tables, the GT-kernel option, start-up checks, and the
+reproduction of the paper's Bicubic rows (Tables 1-2)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -7,93 +9,358 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from kxnet import eval as kx_eval
+from kxnet import metrics
+from kxnet.checkpoint import load_model, save_weights
 from kxnet.config import CONFIG_DIR, project_root
+from kxnet.data.benchmarks import BenchmarkSet
+from kxnet.nn import KXNet
 
 REPO = project_root()
 BUNDLED = REPO / "data" / "benchmarks"
 SHARED = Path(os.environ.get("KXNET_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-# Paper Tables 1 and 2, "Bicubic" rows: (setting, scale, noise) → {dataset: (PSNR, SSIM)}.
+OFFICIAL = REPO / "tests" / "fixtures" / "official_x2_s2_p11.pt"
+PAPER = json.loads((REPO / "experiments" / "paper_tables.json").read_text())
+# Paper Tables 1-2, "Bicubic" rows: (setting, scale, noise) → {dataset: [PSNR, SSIM]}.
 PAPER_BICUBIC = {
-    ("iso", 2, 0.0): {
-        "Urban100": (24.23, 0.7430),
-        "BSD100": (27.02, 0.7472),
-        "Set14": (27.13, 0.7797),
-        "Set5": (29.42, 0.8666),
-    },
-    ("iso", 3, 0.0): {
-        "Urban100": (22.07, 0.6216),
-        "BSD100": (24.93, 0.6360),
-        "Set14": (24.58, 0.6671),
-        "Set5": (26.19, 0.7716),
-    },
-    ("iso", 4, 0.0): {
-        "Urban100": (20.96, 0.5544),
-        "BSD100": (23.84, 0.5780),
-        "Set14": (23.25, 0.6036),
-        "Set5": (24.43, 0.7045),
-    },
-    ("aniso", 2, 0.0): {
-        "Urban100": (23.00, 0.6656),
-        "BSD100": (25.85, 0.6769),
-        "Set14": (25.74, 0.7085),
-        "Set5": (27.68, 0.8047),
-    },
-    ("aniso", 3, 0.0): {
-        "Urban100": (21.80, 0.6084),
-        "BSD100": (24.68, 0.6254),
-        "Set14": (24.28, 0.6546),
-        "Set5": (25.78, 0.7555),
-    },
-    ("aniso", 4, 0.0): {
-        "Urban100": (20.88, 0.5602),
-        "BSD100": (23.75, 0.5827),
-        "Set14": (23.17, 0.6082),
-        "Set5": (24.35, 0.7086),
-    },
-    ("aniso", 2, 15.0): {
-        "Urban100": (22.19, 0.5159),
-        "BSD100": (24.44, 0.5150),
-        "Set14": (24.38, 0.5497),
-        "Set5": (25.72, 0.6241),
-    },
-    ("aniso", 3, 15.0): {
-        "Urban100": (21.18, 0.4891),
-        "BSD100": (23.55, 0.4961),
-        "Set14": (23.28, 0.5289),
-        "Set5": (24.42, 0.6119),
-    },
-    ("aniso", 4, 15.0): {
-        "Urban100": (20.38, 0.4690),
-        "BSD100": (22.83, 0.4841),
-        "Set14": (22.39, 0.5120),
-        "Set5": (23.33, 0.5977),
-    },
+    (PAPER[t]["setting"], r["scale"], float(r["noise"])): r["cells"]
+    for t in ("table1", "table2")
+    for r in PAPER[t]["rows"]
+    if r["method"] == "Bicubic"
 }
 # Noise 0: the printed digits (PSNR to 0.01, SSIM to 0.0001) plus a margin; noise 15: the
 # authors' noise draw differs from ours, so only the PSNR is held to 0.06 dB (SSIM to 0.005).
 TOLERANCE = {0.0: (0.015, 0.0005), 15.0: (0.06, 0.005)}
+RECORD_KEYS = {
+    "dataset",
+    "image",
+    "setting",
+    "scale",
+    "noise",
+    "kernel_index",
+    "kernel",
+    "psnr_y",
+    "ssim_y",
+    "psnr_rgb",
+    "kernel_l1",
+    "kernel_psnr",
+    "stage_psnr_y",
+    "seconds",
+}
 
 
-def _config(tmp_path, benchmark_dir, setting, scale, datasets, noise=None, cache=None):
-    overrides = [
-        "model.stages=0",
-        f"setting={setting}",
-        f"scale={scale}",
-        f"paths.benchmark_dir={benchmark_dir}",
-        f"paths.cache_dir={cache or tmp_path / 'cache'}",
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory):
+    """A benchmark folder with "Tiny" (two 48×48 crops of Set5 images) and its LR cache."""
+    root = tmp_path_factory.mktemp("bench")
+    (root / "Tiny").mkdir()
+    for name in ("baby", "bird"):
+        image = Image.open(BUNDLED / "Set5" / f"{name}.png").convert("RGB")
+        image.crop((100, 100, 148, 148)).save(root / "Tiny" / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A one-stage Setting 2 x2 KXNet with every weight moved off its initial value."""
+    generator = torch.Generator().manual_seed(1)
+    net = KXNet(scale=2, stages=1, setting="aniso")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 1e-3)
+    return save_weights(net, tmp_path_factory.mktemp("weights") / "weights.pt")
+
+
+def _overrides(tmp_path, bench, *extra):
+    """Command-line overrides on the tiny benchmark; ``extra`` ones replace those of a key."""
+    base = [
+        f"paths.benchmark_dir={bench}",
+        f"paths.cache_dir={bench / 'cache'}",
         f"paths.output_dir={tmp_path / 'out'}",
-        f"eval.datasets=[{','.join(datasets)}]",
+        "eval.datasets=[Tiny]",
+        "eval.noise=[0]",
         "eval.num_workers=0",
         "eval.device=cpu",
+        "eval.progress=false",
     ]
-    if noise is not None:
-        overrides.append(f"eval.noise=[{','.join(str(n) for n in noise)}]")
+    keys = {o.split("=")[0] for o in extra}
+    return [o for o in base if o.split("=")[0] not in keys] + list(extra)
+
+
+def _run(overrides):
+    """``kx_eval.run`` in-process on the composed config; the command line is ``overrides``."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("eval", overrides=overrides)
+        cfg = compose("eval", overrides=list(overrides))
+    return kx_eval.run(cfg, overrides)
+
+
+def _cli(args, cwd=REPO, env=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "kxnet.eval", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_weights_file_gives_the_table_files_with_their_rows_and_columns(
+    tmp_path, tiny_bench, tiny_weights
+):
+    assert _run(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}")) == 0
+    out = tmp_path / "out"
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["method"] == "KXNet (S=1)"
+    assert payload["config"] | {"ckpt_path": None} == {
+        "scale": 2,
+        "stages": 1,
+        "kernel_size": 11,
+        "setting": "aniso",
+        "parameters": KXNet(2, 1, setting="aniso").paper_parameter_count(),
+        "ckpt_path": None,
+        "true_kernel": False,
+    }
+    records = payload["records"]
+    assert len(records) == 2 * 8
+    assert all(set(r) == RECORD_KEYS for r in records)
+    assert {(r["image"], r["kernel_index"]) for r in records} == {
+        (i, k) for i in ("baby", "bird") for k in range(8)
+    }
+    assert all(
+        len(r["stage_psnr_y"]) == 2 and r["stage_psnr_y"][-1] == r["psnr_y"] for r in records
+    )
+
+    # One record measured again, outside the command.
+    net = load_model(tiny_weights)
+    item = BenchmarkSet(tiny_bench, "Tiny", "aniso", 2, [0], tiny_bench / "cache")[3]
+    with torch.no_grad():
+        output = net(item["lr"][None])
+    record = records[3]
+    assert (record["image"], record["kernel_index"]) == (item["image"], item["kernel_index"])
+    assert record["psnr_y"] == pytest.approx(metrics.psnr(output.sr, item["hr"][None], 2).item())
+    assert record["stage_psnr_y"][0] == pytest.approx(
+        metrics.psnr(output.images[0], item["hr"][None], 2).item()
+    )
+    error = metrics.kernel_error(output.kernel, item["kernel"][None])
+    assert record["kernel_l1"] == pytest.approx(error["l1"].item())
+    assert record["kernel"] == {"sigma_x": 0.8, "sigma_y": 1.6, "theta_deg": 135.0}
+
+    (row,) = payload["summary"]
+    assert row["count"] == 16
+    assert row["psnr_y"] == pytest.approx(sum(r["psnr_y"] for r in records) / 16)
+    assert row["stage_psnr_y"][0] == pytest.approx(sum(r["stage_psnr_y"][0] for r in records) / 16)
+
+    (line,) = _read_csv(out / "table.csv")
+    assert list(line) == ["method", "setting", "scale", "noise", "Tiny_psnr", "Tiny_ssim"]
+    assert (line["method"], line["setting"], line["scale"]) == ("KXNet (S=1)", "aniso", "2")
+    assert float(line["Tiny_psnr"]) == pytest.approx(row["psnr_y"])
+    stages = _read_csv(out / "stages.csv")
+    assert [int(s["stage"]) for s in stages] == [0, 1]
+    assert float(stages[1]["psnr_y"]) == pytest.approx(row["psnr_y"])
+    (kernel_line,) = _read_csv(out / "kernels.csv")
+    assert float(kernel_line["kernel_l1"]) == pytest.approx(row["kernel_l1"])
+    table = (out / "table.md").read_text()
+    assert "| Method | Scale | Tiny PSNR | Tiny SSIM |" in table
+    assert f"| KXNet (S=1) | x2 | {row['psnr_y']:.2f} | {row['ssim_y']:.4f} |" in table
+    assert not list(out.glob(".*partial"))
+
+
+def test_authors_checkpoint_is_evaluated_in_its_setting(tmp_path, tiny_bench):
+    assert _run(_overrides(tmp_path, tiny_bench, f"ckpt_path={OFFICIAL}", "eval.warmup=0")) == 0
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["method"] == "KXNet (S=2)"
+    config = payload["config"]
+    assert (config["scale"], config["stages"], config["kernel_size"]) == (2, 2, 11)
+    assert config["setting"] == "aniso"
+    assert {r["setting"] for r in payload["records"]} == {"aniso"}
+    assert {len(r["stage_psnr_y"]) for r in payload["records"]} == {3}
+
+
+def test_lightning_checkpoint_of_a_training_run(tmp_path, tiny_bench):
+    """Two training steps of a 2-stage network, then its last.ckpt through the command."""
+    from kxnet.train import train
+    from trainhelp import QUIET, compose_train
+
+    cfg = compose_train(
+        tmp_path / "train",
+        "debug=default",
+        "setting=aniso",
+        "trainer.detect_anomaly=false",
+        "trainer.limit_val_batches=0",
+        "trainer.max_steps=2",
+        "data.samples_per_epoch=4",
+        "callbacks.model_checkpoint.monitor=null",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "test=false",
+        f"paths.benchmark_dir={tiny_bench}",
+        f"paths.cache_dir={tiny_bench / 'cache'}",
+        "data.val_datasets=[Tiny]",
+        "data.test_datasets=[Tiny]",
+        *QUIET,
+    )
+    train(cfg)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    overrides = _overrides(tmp_path, tiny_bench, f"ckpt_path={ckpt}", "eval.warmup=0")
+    assert _run(overrides) == 0
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["method"] == "KXNet (S=2)"
+    assert payload["config"]["ckpt_path"] == str(ckpt)
+    assert (payload["config"]["setting"], payload["config"]["stages"]) == ("aniso", 2)
+    assert _read_csv(tmp_path / "out" / "table.csv")[0]["method"] == "KXNet (S=2)"
+    assert _run([*overrides, "setting=iso"]) == 2
+
+
+def test_true_kernel_is_fed_to_xnet(tmp_path, tiny_bench, tiny_weights):
+    common = (f"ckpt_path={tiny_weights}", "eval.warmup=0")
+    assert _run(_overrides(tmp_path / "gt", tiny_bench, *common, "eval.true_kernel=true")) == 0
+    assert _run(_overrides(tmp_path / "blind", tiny_bench, *common)) == 0
+    gt, blind = (
+        json.loads((tmp_path / name / "out" / "results.json").read_text())
+        for name in ("gt", "blind")
+    )
+    assert gt["method"] == "KXNet (S=1, GT kernel)"
+    assert gt["config"]["true_kernel"] is True
+    assert all(r["kernel_l1"] == 0.0 and r["kernel_psnr"] is None for r in gt["records"])
+    assert all(r["kernel_l1"] > 0.0 for r in blind["records"])
+    # Stage 0 is bicubic in both; the kernel X-net uses changes the stage-1 image.
+    for a, b in zip(gt["records"], blind["records"], strict=True):
+        assert a["stage_psnr_y"][0] == b["stage_psnr_y"][0]
+    assert any(
+        a["psnr_y"] != b["psnr_y"] for a, b in zip(gt["records"], blind["records"], strict=True)
+    )
+    assert "| KXNet (S=1, GT kernel) | x2 |" in (tmp_path / "gt" / "out" / "table.md").read_text()
+
+
+def test_default_dataset_list_skips_missing_sets_and_reproduces_set5(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "Set5").symlink_to(BUNDLED / "Set5", target_is_directory=True)
+    run_dir = tmp_path / "run"
+    result = _cli(
+        [
+            "model.stages=0",
+            "setting=iso",
+            "scale=2",
+            f"paths.benchmark_dir={bench}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run_dir}",
+            "eval.num_workers=0",
+        ],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("Urban100", "BSD100", "Set14"):
+        assert f"skipping {name}" in result.stdout + result.stderr
+    assert "| Bicubic | x2 | 29.42 | 0.8666 |" in result.stdout
+    files = "results.json, table.md, table.csv, stages.csv, kernels.csv"
+    assert f"Wrote {files} to {run_dir}" in result.stdout
+    payload = json.loads((run_dir / "results.json").read_text())
+    assert payload["command"].startswith("python -m kxnet.eval model.stages=0 setting=iso")
+    (row,) = payload["summary"]
+    psnr, ssim = PAPER_BICUBIC[("iso", 2, 0.0)]["Set5"]
+    assert abs(row["psnr_y"] - psnr) <= 0.015 and abs(row["ssim_y"] - ssim) <= 0.0005
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_startup_failures_are_one_line_with_exit_2(tmp_path, tiny_bench, tiny_weights):
+    def cli(*extra):
+        return _cli(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}", *extra))
+
+    nowhere = tmp_path / "nowhere"
+    _one_line_error(
+        cli(f"paths.benchmark_dir={nowhere}"), f"paths.benchmark_dir={nowhere} is not a folder"
+    )
+    _one_line_error(
+        cli("scale=3"), str(tiny_weights), "checkpoint has scale=2 but scale=3 was asked for"
+    )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    _one_line_error(
+        cli(f"paths.output_dir={blocker / 'out'}"),
+        f"paths.output_dir={blocker / 'out'} is not a writable folder",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
+    cases = [
+        (["eval.datasets=[Tiny,Set5]"], f"eval.datasets names Set5, but {tiny_bench / 'Set5'}"),
+        (["model.stages=19"], "model.stages=19 without ckpt_path"),
+        ([f"ckpt_path={tmp_path / 'none.pt'}"], "no such checkpoint file"),
+        ([f"ckpt_path={OFFICIAL}", "model.stages=19"], "checkpoint has stages=2"),
+        (["paper=table1", f"ckpt_path={tiny_weights}"], "has setting=aniso but setting=iso"),
+        ([f"ckpt_path={tiny_weights}", "eval.require=[depth]"], "eval.require=['depth'] names"),
+        (["model.stages=0", "eval.true_kernel=true"], "bicubic has no X-net"),
+        (
+            [f"ckpt_path={tiny_weights}", f"paths.cache_dir={tiny_weights}"],
+            f"paths.cache_dir={tiny_weights} is not a writable",
+        ),
+        ([f"ckpt_path={tiny_weights}", "eval.noise=[-5]"], "noise levels must be distinct"),
+    ]
+    for extra, message in cases:
+        assert _run(_overrides(tmp_path, tiny_bench, *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_full_error_shows_the_traceback(tmp_path, tiny_bench):
+    result = _cli(_overrides(tmp_path, tiny_bench, "model.stages=7"), env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "EvalError" in result.stderr
+
+
+def test_stage_ablation_multirun_ends_in_a_table(tmp_path, tiny_weights):
+    """paper=table3 over [bicubic, a 1-stage checkpoint] on a tiny stand-in for Set14."""
+    bench = tmp_path / "bench"
+    (bench / "Set14").mkdir(parents=True)
+    image = Image.open(BUNDLED / "Set5" / "bird.png").convert("RGB")
+    image.crop((60, 60, 108, 108)).save(bench / "Set14" / "bird.png")
+    sweep = tmp_path / "sweep"
+    result = _cli(
+        [
+            "paper=table3",
+            f"ckpt_path=null,{tiny_weights}",
+            f"paths.benchmark_dir={bench}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+            "eval.num_workers=0",
+            "eval.progress=false",
+        ],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {int(r["stages"]): r for r in _read_csv(sweep / "table.csv")}
+    assert sorted(rows) == [0, 1, 5, 10, 17, 19, 21]
+    jobs = {
+        json.loads((sweep / str(n) / "results.json").read_text())["config"]["stages"]: n
+        for n in (0, 1)
+    }
+    assert sorted(jobs) == [0, 1]
+    job1 = json.loads((sweep / str(jobs[1]) / "results.json").read_text())
+    assert float(rows[1]["psnr"]) == pytest.approx(job1["summary"][0]["psnr_y"])
+    assert float(rows[1]["params_m"]) == pytest.approx(job1["config"]["parameters"] / 1e6)
+    assert rows[0]["params_m"] == "" and rows[0]["psnr"] != ""
+    assert rows[19]["psnr"] == "" and float(rows[19]["paper_psnr"]) == 31.14
+    assert "| 0 |" in (sweep / "table.md").read_text()
 
 
 def _assert_matches_paper(summary, datasets):
@@ -110,77 +377,29 @@ def _assert_matches_paper(summary, datasets):
     return checked
 
 
-def test_cli_reproduces_set5_setting1_x2_and_writes_records(tmp_path):
-    run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kxnet.eval",
-            "model.stages=0",
-            "setting=iso",
-            "scale=2",
-            "eval.datasets=[Urban100,Set5]",
-            f"paths.benchmark_dir={BUNDLED}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "skipping Urban100" in result.stderr + result.stdout
-    assert "29.4204 0.86661" in result.stdout
-    payload = json.loads((run_dir / "results.json").read_text())
-    records = payload["records"]
-    assert len(records) == 5 * 8
-    required = {"dataset", "image", "setting", "scale", "noise", "kernel_index", "psnr_y", "ssim_y"}
-    assert all(required <= set(r) for r in records)
-    assert {(r["image"], r["kernel_index"]) for r in records} == {
-        (s, k) for s in ("baby", "bird", "butterfly", "head", "woman") for k in range(8)
-    }
-    assert {r["kernel"]["sigma"] for r in records} == {
-        round(0.8 + i * 0.8 / 7, 6) for i in range(8)
-    }
-    (row,) = payload["summary"]
-    assert row["count"] == 40
-    assert row["psnr_y"] == pytest.approx(sum(r["psnr_y"] for r in records) / 40)
-    _assert_matches_paper(payload["summary"], ["Set5"])
+def _bicubic(tmp_path, bench, setting, scale, datasets, cache):
+    overrides = [
+        "model.stages=0",
+        f"setting={setting}",
+        f"scale={scale}",
+        f"paths.benchmark_dir={bench}",
+        f"paths.cache_dir={cache}",
+        f"paths.output_dir={tmp_path / 'out'}",
+        f"eval.datasets=[{','.join(datasets)}]",
+        "eval.num_workers=0",
+        "eval.device=cpu",
+        "eval.progress=false",
+        "eval.warmup=0",
+    ]
+    assert _run(overrides) == 0
+    return json.loads((tmp_path / "out" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_set5_setting2_x4_noise_0_and_15_match_the_paper(tmp_path):
-    cfg = _config(tmp_path, BUNDLED, "aniso", 4, ["Set5"])
-    payload = kx_eval.run(cfg)
+    payload = _bicubic(tmp_path, BUNDLED, "aniso", 4, ["Set5"], tmp_path / "cache")
     assert sorted(r["noise"] for r in payload["summary"]) == [0.0, 15.0]
     assert _assert_matches_paper(payload["summary"], ["Set5"]) == 2
-    assert json.loads((tmp_path / "out" / "results.json").read_text()) == payload
-
-
-def test_table_uses_the_paper_column_order():
-    summary = [
-        {"setting": "iso", "scale": 2, "noise": 0.0, "dataset": d, "psnr_y": p, "ssim_y": 0.5}
-        for d, p in (("Set5", 30.0), ("Urban100", 20.0), ("Set14", 25.0))
-    ]
-    header, _, row = kx_eval.format_table(summary).splitlines()
-    assert header.split()[3:] == ["Urban100", "Set14", "Set5"]
-    assert row.split()[3::2] == ["20.0000", "25.0000", "30.0000"]
-
-
-def test_bad_configurations_stop_with_a_clear_message(tmp_path):
-    cfg = _config(tmp_path, BUNDLED, "iso", 2, ["Set5"])
-    cfg.model.stages = 19
-    with pytest.raises(ValueError, match="model.stages=19"):
-        kx_eval.run(cfg)
-    cfg = _config(tmp_path, BUNDLED, "iso", 2, ["Set5"])
-    cfg.ckpt_path = "model.ckpt"
-    with pytest.raises(ValueError, match="ckpt_path"):
-        kx_eval.run(cfg)
-    cfg = _config(tmp_path, tmp_path / "none", "iso", 2, ["Set5", "Set14"])
-    with pytest.raises(FileNotFoundError, match="paths.benchmark_dir"):
-        kx_eval.run(cfg)
-    assert not (tmp_path / "out" / "results.json").exists()
 
 
 @pytest.fixture(scope="session")
@@ -202,6 +421,5 @@ def test_full_bicubic_tables_match_the_paper(tmp_path, shared_cache, setting, sc
             f"Urban100 takes 2-4 minutes per table row on one CPU core (30 for all nine): "
             f"set {URBAN100_OPT_IN}=1 to include it"
         )
-    cfg = _config(tmp_path, SHARED, setting, scale, [dataset], cache=shared_cache)
-    payload = kx_eval.run(cfg)
+    payload = _bicubic(tmp_path, SHARED, setting, scale, [dataset], shared_cache)
     assert _assert_matches_paper(payload["summary"], [dataset]) == (1 if setting == "iso" else 2)

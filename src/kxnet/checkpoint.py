@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import typing
 from collections import defaultdict
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 from torch import Tensor
 
+from kxnet.atomic import atomic_save
 from kxnet.nn.kxnet import KXNet
 from kxnet.official import convert_official_state_dict, load_official
 
@@ -38,6 +38,7 @@ __all__ = [
     "CheckpointError",
     "load_model",
     "model_config",
+    "read_checkpoint",
     "save_weights",
 ]
 
@@ -92,31 +93,21 @@ def model_config(model: KXNet) -> dict:
 
 
 def save_weights(model: KXNet, path: str | os.PathLike) -> Path:
-    """Write ``model`` as a bare-weights file, atomically: a temporary name, then a rename.
+    """Write ``model`` as a bare-weights file, atomically (:func:`kxnet.atomic.atomic_save`).
 
     An existing file at ``path`` stays whole until the new one is complete.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": WEIGHTS_FORMAT,
         "config": model_config(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(payload, path)
 
 
-def _read(path: Path, map_location) -> object:
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> object:
+    """The object saved in ``path``, loaded with ``weights_only=True``; CheckpointError if the
+    file is missing, empty, unreadable or holds code."""
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file (check ckpt_path)")
     if path.stat().st_size == 0:
@@ -205,7 +196,7 @@ def load_model(
     if unknown:
         raise TypeError(f"load_model() got unexpected options {sorted(unknown)}")
     path = Path(path)
-    ckpt = _read(path, map_location)
+    ckpt = read_checkpoint(path, map_location)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(path, f"holds a {type(ckpt).__name__}, not a checkpoint dictionary")
     fmt = ckpt.get("format")

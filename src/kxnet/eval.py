@@ -1,193 +1,213 @@
-"""``python -m kxnet.eval``: PSNR/SSIM-Y of a model on the benchmark test sets (Tables 1-2).
+"""``python -m kxnet.eval``: a model on the benchmark test sets, in the paper's table layout.
 
-    python -m kxnet.eval model.stages=0 setting=iso scale=2
-    python -m kxnet.eval model.stages=0 setting=aniso scale=4 eval.noise=[0,5,15]
+    python -m kxnet.eval ckpt_path=outputs/train/runs/…/weights.pt
+    python -m kxnet.eval ckpt_path=KXNet_setting2_x4.pth setting=aniso eval.true_kernel=true
+    python -m kxnet.eval model.stages=0 setting=aniso scale=4      # the Bicubic rows
+    python -m kxnet.eval paper=table2 model.stages=0               # Table 2 (a multirun)
 
-Degrades every HR image of ``eval.datasets`` (under ``paths.benchmark_dir``; missing ones are
-skipped with a warning) by the setting's test kernels and ``eval.noise`` (cached under
-``paths.cache_dir``), runs the model, prints the table in the paper's column order and writes
-``results.json`` (one record per image, kernel and noise level, plus the averages) into the
-run's output folder.
+With ``ckpt_path`` (a Lightning checkpoint, exported weights or the authors' ``.pth``) the scale,
+stage count, kernel size and setting are the checkpoint's; a ``scale``, ``setting``,
+``model.stages`` or ``model.kernel_size`` given on the command line must agree with it. Every
+(image, kernel, noise) item of the setting's test sets is run once, one image per batch, and
+the run folder receives ``results.json`` (every per-image value and the averages),
+``table.md``, ``table.csv``, ``stages.csv`` and ``kernels.csv``.
+
+Exit status: 0 on success; 2 when a start-up check fails (one line says what and how to fix
+it; ``HYDRA_FULL_ERROR=1`` raises it with its traceback).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+import shlex
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import hydra
-import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from torch.utils.data import DataLoader
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from kxnet import metrics
+from kxnet import report
+from kxnet.checkpoint import CheckpointError, load_model
 from kxnet.config import CONFIG_DIR, resolve_path
-from kxnet.data.benchmarks import DATASETS, PROTOCOL_VERSION, BenchmarkSet, default_noise
+from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
+from kxnet.evaluation import (
+    EvalError,
+    check_benchmarks,
+    check_true_kernel,
+    check_writable,
+    default_device,
+    device_name,
+    evaluate,
+    method_name,
+    summarize,
+)
 from kxnet.nn import KXNet
 
-__all__ = ["build_model", "evaluate", "summarize", "format_table", "run", "main"]
+__all__ = ["build_model", "evaluate", "summarize", "run", "main"]
 
-log = logging.getLogger(__name__)
+# Command-line keys that ask for a checkpoint property, and the property.
+_ASKS = {
+    "scale": "scale",
+    "model.stages": "stages",
+    "model.kernel_size": "kernel_size",
+    "setting": "setting",
+    "setting.name": "setting",
+}
 
-RESULTS_FILE = "results.json"
+
+def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
+    """The checkpoint properties set on the command line or named in ``eval.require``, with
+    their configured values."""
+    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
+    values = {
+        "scale": cfg.scale,
+        "stages": cfg.model.stages,
+        "kernel_size": cfg.model.kernel_size,
+        "setting": cfg.setting.name,
+    }
+    required = list(cfg.eval.get("require") or [])
+    unknown = [name for name in required if name not in values]
+    if unknown:
+        raise EvalError(
+            f"eval.require={required} names {', '.join(unknown)}: use scale, setting, stages "
+            "or kernel_size"
+        )
+    asked = {prop for key, prop in _ASKS.items() if key in keys} | set(required)
+    return {prop: values[prop] for prop in values if prop in asked}
 
 
-def build_model(cfg: DictConfig) -> nn.Module:
-    """The network to evaluate, from ``model.*`` and ``ckpt_path``.
-
-    Without a checkpoint only ``model.stages=0`` makes sense: the bicubic initialisation X⁽⁰⁾,
-    which has nothing learned (the paper's "Bicubic" rows and Table 3's S = 0).
-    """
+def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") -> KXNet:
+    """The network of ``ckpt_path`` (checked against the command line), or bicubic for
+    ``model.stages=0`` without a checkpoint; raises CheckpointError or EvalError."""
     if cfg.get("ckpt_path"):
-        raise ValueError(
-            f"ckpt_path={cfg.ckpt_path}: this version of kxnet.eval evaluates model.stages=0 "
-            "(bicubic) only; leave ckpt_path=null"
-        )
+        path = resolve_path(cfg.ckpt_path)
+        return load_model(path, map_location=device, **_asked(cfg, overrides))
     if cfg.model.stages != 0:
-        raise ValueError(
+        raise EvalError(
             f"model.stages={cfg.model.stages} without ckpt_path would evaluate an untrained "
-            "network: set model.stages=0 for the bicubic baseline"
+            "network: pass ckpt_path=… or set model.stages=0 for the bicubic baseline"
         )
-    return KXNet(
-        scale=cfg.scale,
-        stages=0,
-        kernel_size=cfg.model.kernel_size,
-        setting=cfg.setting.name,
+    return KXNet(cfg.scale, 0, kernel_size=cfg.model.kernel_size, setting=cfg.setting.name)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("PSNR-Y {task.fields[psnr]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, dataset: BenchmarkSet, device: torch.device | str, num_workers: int = 0
-) -> list[dict]:
-    """One record per item of ``dataset``: its keys and PSNR/SSIM on Y of the model's SR."""
-    model = model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers)
-    records = []
-    for batch in loader:
-        sr = model(batch["lr"].to(device)).sr
-        hr = batch["hr"].to(device)
-        k = int(batch["kernel_index"][0])
-        psnr_y, ssim_y = metrics.psnr_ssim(sr, hr, dataset.scale)
-        records.append(
-            {
-                "dataset": batch["dataset"][0],
-                "image": batch["image"][0],
-                "setting": dataset.setting,
-                "scale": dataset.scale,
-                "noise": float(batch["noise"][0]),
-                "kernel_index": k,
-                "kernel": dataset.kernel_params[k],
-                "psnr_y": psnr_y.item(),
-                "ssim_y": ssim_y.item(),
-            }
-        )
-    return records
+def _benchmark_sets(cfg, benchmark_dir, names, model: KXNet, cache_dir) -> list[BenchmarkSet]:
+    """The test sets of the model's setting and scale (LR images generated into the cache)."""
+    noise = list(cfg.eval.noise) if cfg.eval.noise is not None else None
+    try:
+        return [
+            BenchmarkSet(benchmark_dir, n, model.setting, model.scale, noise, cache_dir)
+            for n in names
+        ]
+    except (ValueError, OSError) as err:
+        raise EvalError(f"{err} (eval.noise={noise}, paths.benchmark_dir={benchmark_dir})") from err
 
 
-def summarize(records: Iterable[dict]) -> list[dict]:
-    """Averages per (setting, scale, noise, dataset) over every image and kernel."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["setting"], r["scale"], r["noise"], r["dataset"])].append(r)
-    return [
-        {
-            "setting": setting,
-            "scale": scale,
-            "noise": noise,
-            "dataset": dataset,
-            "count": len(group),
-            "psnr_y": sum(r["psnr_y"] for r in group) / len(group),
-            "ssim_y": sum(r["ssim_y"] for r in group) / len(group),
-        }
-        for (setting, scale, noise, dataset), group in groups.items()
-    ]
-
-
-def format_table(summary: Sequence[dict]) -> str:
-    """A text table in the paper's layout: one row per (setting, scale, noise), PSNR / SSIM."""
-    paper_order = ("Urban100", "BSD100", "Set14", "Set5")
-    names = sorted(
-        {s["dataset"] for s in summary},
-        key=lambda n: (paper_order.index(n) if n in paper_order else len(paper_order), n),
+def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
+    """Check everything that can be checked, evaluate, write the tables; the exit status."""
+    console = Console(stderr=True)
+    try:
+        device = default_device(str(cfg.eval.device))
+        benchmark_dir = resolve_path(cfg.paths.benchmark_dir)
+        datasets = cfg.eval.datasets
+        names = check_benchmarks(benchmark_dir, None if datasets is None else list(datasets))
+        model = build_model(cfg, overrides, device)
+        if cfg.eval.true_kernel:
+            check_true_kernel(model, model.setting, model.scale)
+        output_dir = resolve_path(cfg.paths.output_dir)
+        check_writable(output_dir, "paths.output_dir")
+        cache_dir = resolve_path(cfg.paths.cache_dir)
+        check_writable(cache_dir, "paths.cache_dir")
+        sets = _benchmark_sets(cfg, benchmark_dir, names, model, cache_dir)
+    except (EvalError, CheckpointError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    true_kernel = bool(cfg.eval.true_kernel)
+    method = cfg.eval.method or method_name(model, true_kernel)
+    console.print(
+        f"Evaluating {method}: {model.setting} x{model.scale}, {model.num_stages} stages, on "
+        f"{', '.join(names)} at noise {', '.join(f'{n:g}' for n in sets[0].noise)} ({device})",
+        markup=False,
     )
-    cells = {(s["setting"], s["scale"], s["noise"], s["dataset"]): s for s in summary}
-    rows = sorted({key[:3] for key in cells})
-    prefix = f"{'setting':8s} {'scale':>5s} {'noise':>5s} "
-    lines = [
-        prefix + "".join(f" {n:>16s}" for n in names),
-        " " * len(prefix) + "".join(f" {'PSNR':>8s} {'SSIM':>7s}" for _ in names),
-    ]
-    for setting, scale, noise in rows:
-        line = f"{setting:8s} {'x' + str(scale):>5s} {noise:5g} "
-        for n in names:
-            s = cells.get((setting, scale, noise, n))
-            line += f" {s['psnr_y']:8.4f} {s['ssim_y']:7.5f}" if s else f" {'-':>8s} {'-':>7s}"
-        lines.append(line)
-    return "\n".join(lines)
+    records: list[dict] = []
+    progress = _progress(console) if cfg.eval.progress else None
+    with progress or nullcontext():
+        for dataset in sets:
+            advance = None
+            if progress is not None:
+                task = progress.add_task(dataset.name, total=len(dataset), psnr="–")
+                done: list[float] = []
 
+                def advance(record: dict, task=task, done=done) -> None:
+                    done.append(record["psnr_y"])
+                    progress.update(task, advance=1, psnr=f"{sum(done) / len(done):.2f}")
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def run(cfg: DictConfig) -> dict:
-    """Evaluate as ``cfg`` says, print the table, write ``results.json``; returns its content."""
-    benchmark_dir = resolve_path(cfg.paths.benchmark_dir)
-    cache_dir = resolve_path(cfg.paths.cache_dir)
-    output_dir = resolve_path(cfg.paths.output_dir)
-    noise = cfg.eval.noise if cfg.eval.noise is not None else default_noise(cfg.setting.name)
-    model = build_model(cfg)
-    device = _device(cfg.eval.device)
-    names = list(cfg.eval.datasets)
-    present = [n for n in names if (benchmark_dir / n).is_dir()]
-    for n in names:
-        if n not in present:
-            log.warning("skipping %s: no folder %s (set paths.benchmark_dir)", n, benchmark_dir / n)
-    if not present:
-        raise FileNotFoundError(
-            f"none of eval.datasets={names} is under {benchmark_dir}: set paths.benchmark_dir to "
-            f"a folder holding {', '.join(DATASETS)}"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    sets = [
-        BenchmarkSet(benchmark_dir, n, cfg.setting.name, cfg.scale, noise, cache_dir)
-        for n in present
-    ]
-    records = []
-    for dataset in sets:
-        log.info("evaluating %s (%d items) on %s", dataset.name, len(dataset), device)
-        records += evaluate(model, dataset, device, cfg.eval.num_workers)
-    summary = summarize(records)
-    print(format_table(summary))
+            records += evaluate(
+                model,
+                dataset,
+                device,
+                cfg.eval.num_workers,
+                true_kernel=true_kernel,
+                warmup=cfg.eval.warmup,
+                on_record=advance,
+            )
+    config = {
+        "scale": model.scale,
+        "stages": model.num_stages,
+        "kernel_size": model.kernel_size,
+        "setting": model.setting,
+        "parameters": model.paper_parameter_count(),
+        "ckpt_path": str(resolve_path(cfg.ckpt_path)) if cfg.get("ckpt_path") else None,
+        "true_kernel": true_kernel,
+    }
     payload = {
         "protocol": PROTOCOL_VERSION,
-        "config": OmegaConf.to_container(cfg.model, resolve=True)
-        | {"setting": cfg.setting.name, "scale": cfg.scale, "ckpt_path": cfg.get("ckpt_path")},
-        "summary": summary,
+        "method": method,
+        "config": config,
+        "noise": list(sets[0].noise),
+        "device": device_name(device),
+        "command": shlex.join(["python", "-m", "kxnet.eval", *overrides]),
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "summary": summarize(records),
         "records": records,
     }
-    _write_json(output_dir / RESULTS_FILE, payload)
-    log.info("results written to %s", output_dir / RESULTS_FILE)
-    return payload
+    files = report.run_files(payload)
+    written = report.write_files(output_dir, files)
+    print(report.results_markdown(report.result_rows(payload)), flush=True)
+    print(f"Wrote {', '.join(p.name for p in written)} to {output_dir}", flush=True)
+    return 0
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    status = run(cfg, HydraConfig.get().overrides.task)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ dashboards show (PSNR/SSIM-Y of the final and of every stage, kernel error, pict
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,8 @@ from kxnet.nn.kxnet import KXNet, KXNetOutput
 from kxnet.pictures import comparison_strip, kernel_strip, log_picture
 
 __all__ = ["KXNetModule"]
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FORMAT = "kxnet-weights"
 PAPER_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.9, 0.99]}
@@ -81,6 +84,13 @@ class _StageMetrics(_FinalMetrics):
             named[f"kernel_l1/{t:02d}"] = self.kernel_l1[t]
             named[f"kernel_psnr/{t:02d}"] = self.kernel_psnr[t]
         return named
+
+
+def _rounded(values: Any) -> Any:
+    """Nested lists of floats rounded to 4 decimals, for log lines."""
+    if isinstance(values, list):
+        return [_rounded(v) for v in values]
+    return round(float(values), 4)
 
 
 def _set_label(batch: dict[str, Any], i: int) -> str:
@@ -144,20 +154,81 @@ class KXNetModule(pl.LightningModule):
         self.set_metrics = nn.ModuleDict()
         self._set_labels: dict[str, dict[str, str]] = {"val": {}, "test": {}}
         self._resumed_rng_states: dict[str, Any] | None = None
+        self._drop_update = False
 
     def forward(self, lr: Tensor) -> KXNetOutput:
         return self.net(lr)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Returns the loss and the batch's final kernel estimate (for callbacks that watch
-        the step, e.g. for non-finite values, in ``on_train_batch_end``)."""
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Returns the loss, the batch's final kernel estimate and ``skipped=False`` (for
+        callbacks that watch the step in ``on_train_batch_end``).
+
+        When the loss or the kernel estimate is not finite on any rank
+        (:meth:`_finite_everywhere`), returns ``{"loss": 0 · Σ parameters, "skipped": True}``
+        instead: the backward pass (and under DDP its all-reduce) runs as usual with zero
+        gradients, which :meth:`on_before_optimizer_step` then drops, so that the optimiser
+        leaves the weights and its own state as they were.
+        """
         output = self.net(batch["lr"])
         loss = self.loss(output, batch["hr"], batch["kernel"])
+        if not self._finite_everywhere(loss.total, output.kernel, batch):
+            self._drop_update = True
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            return {"loss": torch.stack([p.sum() for p in params]).sum() * 0.0, "skipped": True}
         size = batch["lr"].shape[0]
         self.log("train/loss", loss.total, prog_bar=True, batch_size=size)
         self.log("train/loss_image", loss.image[-1], batch_size=size)
         self.log("train/loss_kernel", loss.kernel[-1], batch_size=size)
-        return {"loss": loss.total, "kernel": output.kernel.detach()}
+        return {"loss": loss.total, "kernel": output.kernel.detach(), "skipped": False}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After a skipped step: drop the gradients, so that the optimiser changes nothing
+        (a parameter without a gradient is left alone, its optimiser state too; under 16-bit
+        mixed precision the grad scaler has unscaled the zero gradients already)."""
+        if not self._drop_update:
+            return
+        self._drop_update = False
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def _finite_everywhere(self, loss: Tensor, kernel: Tensor, batch: dict[str, Tensor]) -> bool:
+        """Whether the loss and every kernel estimate (B×p×p) are finite on every rank.
+
+        The ranks agree (one all-reduce), so that under DDP all of them skip a step or none
+        does. A rank whose own values are not finite logs the step, what was not finite and the
+        batch's degradation: kernel parameters (σx, σy, θ) and noise σ of each sample.
+        """
+        kernel_ok = torch.isfinite(kernel.detach().flatten(1)).all(1)
+        flags = torch.cat([torch.isfinite(loss.detach()).reshape(1), kernel_ok]).cpu()
+        here = bool(flags.all())
+        if self.trainer.strategy.reduce_boolean_decision(here, all=True):
+            return True
+        step = self.global_step
+        if here:
+            log.warning(
+                "training step %d skipped: non-finite values on another rank (this rank, %d, "
+                "had finite ones)",
+                step,
+                self.global_rank,
+            )
+            return False
+        bad = [i for i, ok in enumerate(flags[1:].tolist()) if not ok]
+        params = batch.get("kernel_params")
+        noise = batch.get("noise")
+        log.warning(
+            "training step %d skipped (not applied): loss=%s, non-finite kernel estimate in "
+            "samples %s of %d%s; the batch's kernels (sigma_x, sigma_y, theta): %s, noise "
+            "sigma: %s",
+            step,
+            f"{float(loss.detach()):g}",
+            bad,
+            len(kernel_ok),
+            f" (rank {self.global_rank})" if self.trainer.world_size > 1 else "",
+            _rounded(params.tolist()) if params is not None else "unknown",
+            _rounded(noise.tolist()) if noise is not None else "unknown",
+        )
+        return False
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
         self._evaluate("val", batch, batch_idx, dataloader_idx)

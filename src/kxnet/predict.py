@@ -7,7 +7,6 @@ end; the others are written), 2 when nothing could start (one line says why; set
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from kxnet.checkpoint import CheckpointError, load_model
+from kxnet.checks import report_error
 from kxnet.config import CONFIG_DIR
 from kxnet.nn.kxnet import KXNet
 from kxnet.prediction import (
@@ -113,10 +113,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         output_dir = Path(str(cfg.output)).expanduser().absolute()
         check_output_dir(output_dir, inputs, options.save_stages)
     except (PredictError, CheckpointError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_error(err)
     console.print(
         f"Restoring {len(inputs)} image(s) at x{model.scale} with {model.num_stages} stages "
         f"on {device}",

@@ -4,6 +4,10 @@ python -m kxnet.train setting=aniso scale=4              # the paper's recipe
 python -m kxnet.train experiment=quick                   # a short run on a CPU
 python -m kxnet.train -m model.stages=5,10 trainer=ddp   # a sweep, each job on 2 devices
 python -m kxnet.train ckpt_path=…/checkpoints/last.ckpt  # resume exactly
+
+A run that cannot succeed (missing or unreadable data, inconsistent sizes, a checkpoint of
+another model, an output folder that cannot be written) stops before training with one line
+saying why and exit status 2 (``HYDRA_FULL_ERROR=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from kxnet import ddp
-from kxnet.callbacks import RankSeed
+from kxnet import checks, ddp
+from kxnet.atomic import atomic_save
+from kxnet.callbacks import DivergedError, RankSeed
 from kxnet.config import CONFIG_DIR
 from kxnet.final_eval import evaluate_run
 from kxnet.module import KXNetModule
@@ -60,13 +65,6 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
-def _export(module: KXNetModule, path: Path) -> None:
-    """Write the bare weights file whole, or not at all."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(module.bare_weights(), partial)
-    partial.replace(path)
-
-
 def _finish_wandb() -> None:
     """Close this job's W&B run, so that the next job of a sweep gets its own."""
     import wandb
@@ -76,13 +74,17 @@ def _finish_wandb() -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit, test the best checkpoint, export its weights and (with ``cfg.eval``) evaluate them
-    beside bicubic; returns ``cfg.optimized_metric``.
+    """Check the run (:func:`kxnet.checks.check_train`, then the training images), fit, test
+    the best checkpoint, export its weights and (with ``cfg.eval``) evaluate them beside bicubic;
+    returns ``cfg.optimized_metric``.
 
     ``model.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
-    pl.seed_everything(cfg.seed, workers=True)
+    checks.check_train(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
+    if cfg.model.stages > 0:
+        checks.check_training_data(datamodule)
+    pl.seed_everything(cfg.seed, workers=True)
     module: KXNetModule = instantiate(cfg.module, _recursive_=False)
     callbacks = [RankSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
     loggers = _instantiate_all(cfg.get("logger"))
@@ -108,7 +110,7 @@ def train(cfg: DictConfig) -> float | None:
             module.load_state_dict(torch.load(best, map_location="cpu")["state_dict"])
         if trainer.is_global_zero:
             weights = Path(cfg.paths.output_dir) / WEIGHTS_FILE
-            _export(module, weights)
+            atomic_save(module.bare_weights(), weights)
             log.info("Weights of %s written to %s", best or "the final model", weights)
             if cfg.get("eval"):
                 evaluate_run(module.net, cfg.eval, cfg.paths, cfg.paths.output_dir)
@@ -122,7 +124,8 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    with checks.one_line_errors(DivergedError):
+        return train(cfg)
 
 
 if __name__ == "__main__":

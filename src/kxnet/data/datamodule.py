@@ -5,8 +5,11 @@ Training: DataLoader workers read random HR crops of ``lr_patch_size · scale`` 
 already on the device, into ``{"lr", "hr", "kernel", "kernel_params", "noise"}`` with
 :class:`~kxnet.data.synthesis.Degradation`, drawing from a generator seeded by (seed, rank,
 training batch index), so ranks never share kernels and a resumed run draws what the
-uninterrupted one would have. Validation and test: one DataLoader per benchmark set (batch size
-1, every item once; under DDP each rank takes its own share, without padding).
+uninterrupted one would have; the training loader's place in its epoch is saved with each
+checkpoint (:class:`~kxnet.data.resumable.ResumableDataLoader`), so a run resumed in the middle of
+an epoch goes on with the batches the uninterrupted run had. Validation and test: one DataLoader
+per benchmark set (batch size 1, every item once; under DDP each rank takes its own share,
+without padding).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from kxnet.config import resolve_path
 from kxnet.data.benchmarks import DATASETS, BenchmarkSet
 from kxnet.data.hr_dataset import EpochSampler, HRImageFolder
+from kxnet.data.resumable import ResumableDataLoader
 from kxnet.data.synthesis import Degradation, step_generator
 
 __all__ = ["KXNetDataModule", "ShardSampler"]
@@ -132,9 +136,10 @@ class KXNetDataModule(pl.LightningDataModule):
         if task in (None, "test"):
             self._benchmarks(hp.test_datasets, hp.test_noise)
 
-    def setup(self, stage: str | None = None) -> None:
-        hp = self.hparams
-        if stage in ("fit", None) and self.train_set is None:
+    def load_train_set(self) -> HRImageFolder:
+        """The training images, scanned and checked once (at start-up, or by ``setup``)."""
+        if self.train_set is None:
+            hp = self.hparams
             self.train_set = HRImageFolder(
                 self.train_dir,
                 self.hr_patch_size,
@@ -144,6 +149,12 @@ class KXNetDataModule(pl.LightningDataModule):
                 cache_images=hp.cache_images,
                 check=hp.check,
             )
+        return self.train_set
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", None):
+            self.load_train_set()
         if stage in ("fit", "validate", None) and not self.val_sets:
             self.val_sets = self._benchmarks(hp.val_datasets, hp.val_noise)
         if stage in ("test", None) and not self.test_sets:
@@ -154,11 +165,12 @@ class KXNetDataModule(pl.LightningDataModule):
                     f"{self.benchmark_dir}: set paths.benchmark_dir"
                 )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Batches of HR crops; a checkpoint holds the loader's place in its epoch."""
         if self.train_set is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
         workers = self.hparams.num_workers
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.hparams.batch_size,
             sampler=EpochSampler(len(self.train_set), seed=self.seed),
