@@ -82,6 +82,13 @@ def test_scale_and_setting_drive_the_per_scale_values(tmp_path):
     assert iso.setting.kernel_size == 21 and list(iso.setting.sigma_range) == [0.2, 4.0]
 
 
+def test_the_whole_config_resolves_in_place(tmp_path):
+    """What ``python -m kxnet.train --cfg job --resolve`` does: every resolver's value is storable."""
+    cfg = compose_train(tmp_path, "setting=aniso", "scale=2")
+    OmegaConf.resolve(cfg)
+    assert list(cfg.data.sigma_range) == [0.6, 5.0] and cfg.data.kernel_size == 11
+
+
 def test_defaults_are_the_paper_recipe(tmp_path):
     cfg = compose_train(tmp_path, "setting=aniso", "scale=4")
     assert cfg.model.stages == 19 and cfg.module.model.kernel_size == 21

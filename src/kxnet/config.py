@@ -37,8 +37,8 @@ def register_resolvers() -> None:
     resolvers = {
         "kx.root": lambda: str(project_root()),
         "kx.kernel_size": lambda setting, scale: kernels.kernel_size(str(setting), int(scale)),
-        "kx.sigma_range": lambda setting, scale: list(
-            kernels.train_sigma_range(str(setting), int(scale))
+        "kx.sigma_range": lambda setting, scale: OmegaConf.create(
+            list(kernels.train_sigma_range(str(setting), int(scale)))
         ),
     }
     for name, fn in resolvers.items():
