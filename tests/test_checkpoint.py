@@ -204,7 +204,7 @@ def test_checkpoint_of_a_kxnet_module_training_run(tmp_path):
     )
     trainer.fit(module, torch.utils.data.DataLoader([sample] * 4, batch_size=2))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    torch.save(module.bare_weights(), tmp_path / "exported.pt")
+    save_weights(module.net, tmp_path / "exported.pt")
     net = module.net.eval()
     _same(net, load_model(tmp_path / "last.ckpt", scale=2, stages=1, kernel_size=11))
     _same(net, load_model(tmp_path / "exported.pt", setting="aniso"))

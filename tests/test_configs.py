@@ -83,7 +83,7 @@ def test_scale_and_setting_drive_the_per_scale_values(tmp_path):
 
 
 def test_the_whole_config_resolves_in_place(tmp_path):
-    """What ``python -m kxnet.train --cfg job --resolve`` does: every resolver's value is storable."""
+    """As ``python -m kxnet.train --cfg job --resolve``: every resolved value is storable."""
     cfg = compose_train(tmp_path, "setting=aniso", "scale=2")
     OmegaConf.resolve(cfg)
     assert list(cfg.data.sigma_range) == [0.6, 5.0] and cfg.data.kernel_size == 11

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from kxnet import KXNet, KXNetOutput, kernels, physics, rng
+from kxnet.checkpoint import save_weights
 from kxnet.loss import StageLoss
 from kxnet.module import KXNetModule
 from trainhelp import compose_train
@@ -39,10 +40,10 @@ def test_loss_refuses_a_network_without_stages():
         StageLoss()(out, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 3))
 
 
-def test_hyperparameters_and_bare_weights():
+def test_hyperparameters_and_exported_weights(tmp_path):
     module = KXNetModule(model={**TINY, "kernel_size": None})
     assert module.hparams.model == {**TINY, "checkpoint_stages": False}
-    weights = module.bare_weights()
+    weights = torch.load(save_weights(module.net, tmp_path / "weights.pt"), weights_only=True)
     assert weights["format"] == "kxnet-weights"
     assert weights["config"] == TINY
     net = KXNet(**weights["config"])

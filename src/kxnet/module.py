@@ -25,7 +25,6 @@ __all__ = ["KXNetModule"]
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FORMAT = "kxnet-weights"
 PAPER_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.9, 0.99]}
 PAPER_SCHEDULER = {
     "_target_": "torch.optim.lr_scheduler.StepLR",
@@ -295,16 +294,6 @@ class KXNetModule(pl.LightningModule):
         step = self.global_step
         log_picture(self.loggers, f"{split}/pictures/{index}", strip, step, caption)
         log_picture(self.loggers, f"{split}/kernels/{index}", kernels_row, step, caption)
-
-    def bare_weights(self) -> dict[str, Any]:
-        """The network alone, for inference: ``{"format": "kxnet-weights", "config": {scale,
-        stages, kernel_size, setting}, "state_dict": …}`` (tensors on the CPU)."""
-        model = self.hparams.model
-        return {
-            "format": WEIGHTS_FORMAT,
-            "config": {key: model[key] for key in ("scale", "stages", "kernel_size", "setting")},
-            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-        }
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(

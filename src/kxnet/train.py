@@ -27,8 +27,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from kxnet import checks, ddp
-from kxnet.atomic import atomic_save
 from kxnet.callbacks import DivergedError, RankSeed
+from kxnet.checkpoint import save_weights
 from kxnet.config import CONFIG_DIR
 from kxnet.final_eval import evaluate_run
 from kxnet.module import KXNetModule
@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> float | None:
             module.load_state_dict(torch.load(best, map_location="cpu")["state_dict"])
         if trainer.is_global_zero:
             weights = Path(cfg.paths.output_dir) / WEIGHTS_FILE
-            atomic_save(module.bare_weights(), weights)
+            save_weights(module.net, weights)
             log.info("Weights of %s written to %s", best or "the final model", weights)
             if cfg.get("eval"):
                 evaluate_run(module.net, cfg.eval, cfg.paths, cfg.paths.output_dir)
