@@ -33,18 +33,19 @@ def _row(tiles: Iterable[Tensor], gap: int = _GAP) -> Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def comparison_strip(lr: Tensor, bicubic: Tensor, sr: Tensor, hr: Tensor) -> Tensor:
-    """One sample: lr 3×h×w (shown enlarged by pixel repetition), bicubic, sr, hr 3×H×W →
-    3×H×(4W + gaps) in [0, 1]."""
-    size = hr.shape[-2:]
+def comparison_strip(lr: Tensor, bicubic: Tensor, sr: Tensor, hr: Tensor | None = None) -> Tensor:
+    """One sample: lr 3×h×w (shown enlarged by pixel repetition), bicubic, sr and (when there is
+    one) hr 3×H×W → 3×H×(4W + gaps) in [0, 1] (3W + gaps without hr)."""
+    size = sr.shape[-2:]
     lr_big = F.interpolate(lr[None].float(), size=size, mode="nearest")[0]
-    return _row(t.detach().float().clamp(0, 1).cpu() for t in (lr_big, bicubic, sr, hr))
+    shown = (lr_big, bicubic, sr) if hr is None else (lr_big, bicubic, sr, hr)
+    return _row(t.detach().float().clamp(0, 1).cpu() for t in shown)
 
 
-def kernel_strip(estimates: Iterable[Tensor], true: Tensor, zoom: int = 4) -> Tensor:
-    """Kernels p×p of stages 0 … T, then the true one → 3×(p·zoom)×W, all on one intensity
-    scale (white = the largest value among them)."""
-    kernels = [k.detach().float().cpu() for k in (*estimates, true)]
+def kernel_strip(estimates: Iterable[Tensor], true: Tensor | None = None, zoom: int = 4) -> Tensor:
+    """Kernels p×p of stages 0 … T, then the true one if known → 3×(p·zoom)×W, all on one
+    intensity scale (white = the largest value among them)."""
+    kernels = [k.detach().float().cpu() for k in (*estimates, *([] if true is None else [true]))]
     peak = max(float(k.max()) for k in kernels) or 1.0
     tiles = [
         F.interpolate((k / peak)[None, None], scale_factor=zoom, mode="nearest")[0].expand(
