@@ -134,6 +134,10 @@ def _bad_runs(root: Path, trained: Path) -> dict[str, tuple[list[str], str]]:
             r"data\.val_datasets=\['Set5', 'Nope'\]: no images in .*Nope",
         ),
         "no test set": (["test=true", "data.test_datasets=[Nope]"], r"data\.test_datasets"),
+        "final evaluation on no device": (
+            ["eval={device: gpu0, datasets: [Set5]}"],
+            r"eval\.device=gpu0 is not a device: use auto, cpu, cuda or cuda:N",
+        ),
         "checkpoint missing": ([f"ckpt_path={root / 'none.ckpt'}"], r"ckpt_path=.*does not exist"),
         "checkpoint truncated": (
             [f"ckpt_path={truncated}"],

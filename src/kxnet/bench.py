@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kxnet import baseline, kernels, measure, physics
+from kxnet.checks import check_device
 from kxnet.config import CONFIG_DIR, resolve_path
 from kxnet.data.images import read_image
 from kxnet.data.synthesis import Degradation
@@ -246,17 +247,6 @@ def measure_rss(spec: dict[str, Any]) -> dict[str, Any]:
     measure.set_threads(spec["threads"])
     device = torch.device(spec["device"])
     return measure.rss_peak(lambda: BUILDERS[spec["kind"]](spec, device))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda, but torch sees no CUDA device: use device=cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
-    return device
 
 
 def _cpu_name() -> str:
@@ -488,7 +478,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Measure the configuration ``cfg`` (the ``bench`` config); returns the JSON report."""
     console = console or Console()
     _check(cfg)
-    device = _device(cfg.device)
+    device = check_device(str(cfg.device), "device")
     infer_lr, image = _infer_input(cfg) if "infer" in cfg.phases else (None, None)
     phases = _plan(cfg, device, infer_lr)
     results: dict[str, dict] = {}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -34,6 +35,8 @@ __all__ = [
     "report_error",
     "one_line_errors",
     "check_model",
+    "asked_properties",
+    "check_device",
     "check_writable",
     "check_benchmarks",
     "check_resume",
@@ -120,6 +123,55 @@ def check_model(
             f"data.lr_patch_size={lr} is too small for {p}×{p} kernels at x{scale} ({err}): "
             f"set data.lr_patch_size={smallest} or more"
         ) from err
+
+
+def check_device(name: str, option: str) -> torch.device:
+    """``auto`` (the GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked
+    against the devices torch sees."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise StartupError(f"{option}={name} is not a device: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StartupError(f"{option}={name} but no CUDA device is available: use {option}=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise StartupError(
+            f"{option}={name} but there are {torch.cuda.device_count()} CUDA devices: "
+            f"use {option}=cuda:0"
+        )
+    return device
+
+
+# Command-line keys that ask for a checkpoint property, and the property.
+_ASKS = {
+    "scale": "scale",
+    "model.stages": "stages",
+    "model.kernel_size": "kernel_size",
+    "setting.kernel_size": "kernel_size",
+    "setting": "setting",
+    "setting.name": "setting",
+}
+
+
+def asked_properties(
+    cfg: DictConfig, overrides: Sequence[str], required: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The checkpoint properties (scale, stages, kernel_size, setting) that the command line
+    sets, or that ``required`` names, with their configured values: what a checkpoint loaded
+    by eval or predict must agree with."""
+    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
+    values = {
+        "scale": cfg.scale,
+        "stages": cfg.model.stages,
+        "kernel_size": cfg.model.kernel_size,
+        "setting": cfg.setting.name,
+    }
+    asked = {prop for key, prop in _ASKS.items() if key in keys} | set(required)
+    return {prop: values[prop] for prop in values if prop in asked}
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> Path:
@@ -252,6 +304,8 @@ def check_train(cfg: DictConfig) -> None:
     benchmarks = resolve_path(_value(cfg, "data.benchmark_dir", "paths.benchmark_dir"))
     if training and _value(cfg, "trainer.limit_val_batches", "trainer") != 0:
         check_benchmarks(benchmarks, list(cfg.data.val_datasets or []), "data.val_datasets")
+    if cfg.get("eval"):
+        check_device(str(cfg.eval.get("device") or "auto"), "eval.device")
     if cfg.get("test"):
         check_benchmarks(
             benchmarks, list(cfg.data.test_datasets or []), "data.test_datasets", require="any"

@@ -26,7 +26,6 @@ from contextlib import nullcontext
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import (
@@ -40,14 +39,19 @@ from rich.progress import (
 
 from kxnet import report
 from kxnet.checkpoint import CheckpointError, load_model
+from kxnet.checks import (
+    MODEL_OPTIONS,
+    StartupError,
+    asked_properties,
+    check_device,
+    check_writable,
+)
 from kxnet.config import CONFIG_DIR, resolve_path
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
 from kxnet.evaluation import (
     EvalError,
     check_benchmarks,
     check_true_kernel,
-    check_writable,
-    default_device,
     device_name,
     evaluate,
     method_name,
@@ -57,35 +61,17 @@ from kxnet.nn import KXNet
 
 __all__ = ["build_model", "evaluate", "summarize", "run", "main"]
 
-# Command-line keys that ask for a checkpoint property, and the property.
-_ASKS = {
-    "scale": "scale",
-    "model.stages": "stages",
-    "model.kernel_size": "kernel_size",
-    "setting": "setting",
-    "setting.name": "setting",
-}
-
 
 def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
-    """The checkpoint properties set on the command line or named in ``eval.require``, with
-    their configured values."""
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
-    values = {
-        "scale": cfg.scale,
-        "stages": cfg.model.stages,
-        "kernel_size": cfg.model.kernel_size,
-        "setting": cfg.setting.name,
-    }
+    """The checkpoint properties set on the command line or named in ``eval.require``."""
     required = list(cfg.eval.get("require") or [])
-    unknown = [name for name in required if name not in values]
+    unknown = [name for name in required if name not in MODEL_OPTIONS]
     if unknown:
         raise EvalError(
             f"eval.require={required} names {', '.join(unknown)}: use scale, setting, stages "
             "or kernel_size"
         )
-    asked = {prop for key, prop in _ASKS.items() if key in keys} | set(required)
-    return {prop: values[prop] for prop in values if prop in asked}
+    return asked_properties(cfg, overrides, required)
 
 
 def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") -> KXNet:
@@ -130,7 +116,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Check everything that can be checked, evaluate, write the tables; the exit status."""
     console = Console(stderr=True)
     try:
-        device = default_device(str(cfg.eval.device))
+        device = check_device(str(cfg.eval.device), "eval.device")
         benchmark_dir = resolve_path(cfg.paths.benchmark_dir)
         datasets = cfg.eval.datasets
         names = check_benchmarks(benchmark_dir, None if datasets is None else list(datasets))
@@ -142,7 +128,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         cache_dir = resolve_path(cfg.paths.cache_dir)
         check_writable(cache_dir, "paths.cache_dir")
         sets = _benchmark_sets(cfg, benchmark_dir, names, model, cache_dir)
-    except (EvalError, CheckpointError) as err:
+    except (StartupError, CheckpointError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -3,7 +3,7 @@
 :func:`evaluate` runs a model once on every (image, kernel, noise) item of a
 :class:`~kxnet.data.benchmarks.BenchmarkSet`, one image per batch, and returns one record per
 item; :func:`summarize` averages the records per (setting, scale, noise, dataset). The start-up
-checks (:func:`check_benchmarks`, :func:`check_writable`, :func:`check_true_kernel`) raise
+checks (:func:`check_benchmarks`, :func:`check_true_kernel`) raise
 :class:`EvalError`, whose message is one line naming the option and the fix.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from kxnet import kernels, metrics
+from kxnet.checks import StartupError
 from kxnet.data.benchmarks import DATASETS, BenchmarkSet
 from kxnet.data.images import list_images
 from kxnet.nn import KXNet
@@ -32,18 +32,16 @@ __all__ = [
     "EvalError",
     "method_name",
     "check_benchmarks",
-    "check_writable",
     "check_true_kernel",
     "evaluate",
     "summarize",
-    "default_device",
     "device_name",
 ]
 
 log = logging.getLogger(__name__)
 
 
-class EvalError(ValueError):
+class EvalError(StartupError):
     """An evaluation that cannot start; the message says what, where and how to fix it."""
 
 
@@ -90,19 +88,6 @@ def check_benchmarks(benchmark_dir: Path, datasets: Sequence[str] | None) -> lis
             "at a folder holding them"
         )
     return present
-
-
-def check_writable(folder: Path, option: str) -> None:
-    """Create ``folder`` if needed and write (then remove) a file in it, or raise EvalError."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise EvalError(
-            f"{option}={folder} is not a writable folder ({reason}): set {option} to one"
-        ) from err
 
 
 def check_true_kernel(model: KXNet, setting: str, scale: int) -> None:
@@ -234,19 +219,6 @@ def summarize(records: Iterable[dict]) -> list[dict]:
         ]
         rows.append(row)
     return rows
-
-
-def default_device(name: str) -> torch.device:
-    """``auto``: the GPU if there is one, else the CPU; otherwise the named device, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise EvalError(f"eval.device={name} is not a device: use auto, cpu or cuda[:N]") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"eval.device={name} but no CUDA device is available: use eval.device=cpu")
-    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from kxnet.checks import check_device
 from kxnet.config import resolve_path
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
 from kxnet.eval import evaluate, summarize
@@ -81,9 +82,7 @@ def evaluate_run(
 ) -> dict[str, list[dict]]:
     """Evaluate ``net`` and bicubic on ``eval_cfg.datasets`` at ``eval_cfg.noise`` (the
     setting and scale are the network's); returns both summaries."""
-    name = eval_cfg.get("device") or "auto"
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if name == "auto" else name)
+    device = check_device(str(eval_cfg.get("device") or "auto"), "eval.device")
     out = Path(output_dir) / "eval"
     bicubic = KXNet(scale=net.scale, stages=0, kernel_size=net.kernel_size, setting=net.setting)
     sets = [

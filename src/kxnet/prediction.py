@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from torch import Tensor
 
+from kxnet.checks import StartupError
 from kxnet.data.images import IMAGE_SUFFIXES, ImageReadError, decode_image, list_images, to_float
 from kxnet.data.png import PngStreamWriter
 from kxnet.nn.kxnet import KXNet
@@ -56,7 +57,7 @@ _KERNEL_PNG_SIZE = 256
 _ORIENTATION = 0x0112
 
 
-class PredictError(ValueError):
+class PredictError(StartupError):
     """A prediction that cannot start (input, output or options); the message is one line."""
 
 
