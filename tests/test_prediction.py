@@ -10,6 +10,7 @@ from PIL import Image
 
 from kxnet import KXNet
 from kxnet.checkpoint import load_model
+from kxnet.checks import StartupError
 from kxnet.data import png as png_module
 from kxnet.data.images import read_image
 from kxnet.data.png import PngStreamWriter
@@ -264,7 +265,7 @@ def test_output_folder_checks(tmp_path):
     with pytest.raises(PredictError, match="would replace the input"):
         check_output_dir(tmp_path / "out", [nested / "rgb.png"], save_stages=True)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PredictError, match="not a writable folder"):
+    with pytest.raises(StartupError, match="output=.*file/out is not a writable folder"):
         check_output_dir(tmp_path / "file" / "out", files, save_stages=False)
     check_output_dir(tmp_path / "new" / "out", files, save_stages=True)
     assert list((tmp_path / "new" / "out").iterdir()) == []

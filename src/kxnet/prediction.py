@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from torch import Tensor
 
-from kxnet.checks import StartupError
+from kxnet.checks import StartupError, check_writable
 from kxnet.data.images import IMAGE_SUFFIXES, ImageReadError, decode_image, list_images, to_float
 from kxnet.data.png import PngStreamWriter
 from kxnet.nn.kxnet import KXNet
@@ -173,15 +173,7 @@ def check_output_dir(output_dir: Path, inputs: Sequence[Path], save_stages: bool
                 raise PredictError(
                     f"output {target} would replace the input {clash[0]}: choose another output"
                 )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PredictError(
-            f"output={output_dir} is not a writable folder ({err.strerror}): choose another"
-        ) from err
+    check_writable(output_dir, "output")
 
 
 class _Outputs:
