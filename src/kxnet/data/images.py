@@ -131,6 +131,16 @@ def _pillow_to_rgb(img: Image.Image, raw: str) -> np.ndarray:
     return np.repeat(arr[..., None], 3, axis=2)
 
 
+def _non_empty_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or ImageReadError if it is not a file or is empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return path
+
+
 def decode_image(path: str | os.PathLike) -> Tensor:
     """Decode an image file as a 3×H×W RGB tensor in its stored depth.
 
@@ -139,11 +149,7 @@ def decode_image(path: str | os.PathLike) -> Tensor:
     alpha is dropped (the stored colour is kept), palettes are expanded, EXIF orientation is
     applied. Anything unreadable raises :class:`ImageReadError` naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
+    path = _non_empty_file(path)
     try:
         with Image.open(path) as img:
             raw = _rawmode(img)
@@ -197,11 +203,7 @@ def image_info(path: str | os.PathLike, check: str = "header") -> ImageInfo:
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
+    path = _non_empty_file(path)
     try:
         with Image.open(path) as img:
             width, height = img.size
