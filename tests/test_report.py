@@ -160,6 +160,19 @@ def test_table2_puts_each_paper_row_before_ours_in_blocks_per_noise(tmp_path, sc
     assert "| KXNet (S=19) | x2 | – | – | – | – | 20.00 | 0.5000 | 20.00 | 0.5000 |" in table
 
 
+def test_runs_on_other_datasets_of_one_method_share_its_row(tmp_path, script, capsys):
+    _write(tmp_path / "a", _payload("Bicubic", "iso", 2, 0, {("Set5", 0): 29.0}))
+    _write(tmp_path / "b", _payload("Bicubic", "iso", 2, 0, {("Urban100", 0): 24.0}))
+    out = tmp_path / "out"
+    assert script.main(["table1", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    ours = [r for r in _csv(out / "table.csv") if r["method"] == "Bicubic"]
+    assert len(ours) == 1
+    assert (ours[0]["Urban100_psnr"], ours[0]["Set5_psnr"]) == ("24.0", "29.0")
+    _write(tmp_path / "c", _payload("Bicubic", "iso", 2, 0, {("Set5", 0): 28.0}))
+    assert script.main(["table1", str(tmp_path / "a"), str(tmp_path / "c"), "--no-paper"]) == 2
+    assert "on Set5 is in another of the runs too" in capsys.readouterr().err
+
+
 def test_table1_refuses_a_setting2_run(tmp_path, script, capsys):
     _write(tmp_path / "r", _payload("Bicubic", "aniso", 2, 0, {("Set5", 0): 27.0}))
     assert script.main(["table1", str(tmp_path / "r"), "--no-paper"]) == 2

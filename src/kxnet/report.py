@@ -339,14 +339,25 @@ def _paper_method(method: str) -> str:
 def _benchmark_table(name: str, runs: Sequence[tuple[Path, dict]], paper: Mapping | None):
     spec = paper.get(name, {}) if paper else {}
     setting = "iso" if name == "table1" else "aniso"
-    ours: list[Row] = []
+    merged: dict[tuple, Row] = {}
     for file, payload in runs:
         if payload["config"]["setting"] != setting:
             raise ReportError(
                 f"{file}: a {payload['config']['setting']} run, but {name} is "
                 f"{SETTING_NAMES[setting]} ({setting})"
             )
-        ours += result_rows(payload)
+        for row in result_rows(payload):
+            # Runs of one method on different datasets (e.g. Urban100 apart) share a row.
+            key = (row.method, row.setting, row.scale, row.noise)
+            into = merged.setdefault(key, Row(*key))
+            twice = sorted(set(into.cells) & set(row.cells))
+            if twice:
+                raise ReportError(
+                    f"{file}: {row.method} x{row.scale} at noise {row.noise:g} on "
+                    f"{', '.join(twice)} is in another of the runs too: give each once"
+                )
+            into.cells.update(row.cells)
+    ours = list(merged.values())
     theirs = {
         (e["method"], e["scale"], float(e["noise"])): {d: tuple(v) for d, v in e["cells"].items()}
         for e in spec.get("rows", [])
