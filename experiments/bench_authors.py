@@ -102,7 +102,8 @@ def main() -> None:
     hr = torch.rand(args.batch, 3, size, size, generator=gen)
     nets = networks(args.scale)
     p = nets["kxnet"].kernel_size
-    k, _ = kernels.random_isotropic(args.batch, p, (0.2, 2.0 * args.scale), generator=gen)
+    sigmas = kernels.train_sigma_range("iso", args.scale)
+    k, _ = kernels.random_isotropic(args.batch, p, sigmas, generator=gen)
     lr = torch.rand(args.batch, 3, args.lr_size, args.lr_size, generator=gen)
 
     def train_step(name: str):
