@@ -418,7 +418,7 @@ def test_full_bicubic_tables_match_the_paper(tmp_path, shared_cache, setting, sc
         pytest.skip(f"{dataset} not found under {SHARED} (set KXNET_SHARED_DATA)")
     if dataset == "Urban100" and not os.environ.get(URBAN100_OPT_IN):
         pytest.skip(
-            f"Urban100 takes 2-4 minutes per table row on one CPU core (30 for all nine): "
+            f"Urban100 takes about 15 minutes for its nine table rows on 2 cores: "
             f"set {URBAN100_OPT_IN}=1 to include it"
         )
     payload = _bicubic(tmp_path, SHARED, setting, scale, [dataset], shared_cache)
