@@ -6,8 +6,8 @@
 Times one training step (forward, the loss of Eq. 12 as the authors' training code sums it,
 backward, Adam) on the same LR batch, and one inference pass on a Set5 image at x2, for the
 authors' ``BKXNet.KXNet`` (from the clone given, never from this repository) and for
-:class:`kxnet.KXNet` with the speed options of ``conf/model/kxnet.yaml``, interleaved so that
-load drifts hit both; prints the times, the tensor-memory peaks (see :mod:`kxnet.measure`) and
+:class:`kxnet.KXNet` with the speed options of ``conf/shared/net/kxnet.yaml``, interleaved so that
+load drifts hit both; prints the times, the tensor-memory peaks (see :mod:`kxnet.bench.measure`) and
 our ratios to theirs. The authors' file imports OpenCV, SciPy, Matplotlib and their ``utils``
 but the network uses only OpenCV's 1-D Gaussian: that one is given here, the others are left
 empty, and their ``.cuda()`` calls are no-ops on a machine without a GPU. Their auxiliary kernel
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from kxnet import KXNet, kernels
-from kxnet.config import CONFIG_DIR, project_root
+from kxnet.bench.measure import profile_call, set_threads, time_interleaved
+from kxnet.config import project_root
 from kxnet.data.images import read_image
 from kxnet.loss import StageLoss
-from kxnet.measure import profile_call, set_threads, time_interleaved
 
 NETWORK = Path("codes/config/KXNet/models/modules")
 
@@ -82,7 +82,7 @@ def main() -> None:
     set_threads(args.threads)
     authors = _import_authors(args.repo.expanduser().resolve())
     device = torch.device("cpu")
-    model_cfg = OmegaConf.load(Path(CONFIG_DIR) / "model" / "kxnet.yaml")
+    model_cfg = OmegaConf.load(project_root() / "conf" / "shared" / "net" / "kxnet.yaml")
     speed = {key: model_cfg[key] for key in ("channels_last", "recompute_data_terms")}
 
     def networks(scale: int) -> dict[str, torch.nn.Module]:

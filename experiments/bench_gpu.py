@@ -18,33 +18,33 @@ import json
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from rich.console import Console
 from rich.table import Table
 
-from kxnet import bench
-from kxnet.config import CONFIG_DIR, project_root
+from kxnet.bench import runner as bench
+from kxnet.config import project_root
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
 
 
 def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
-    size = ["batch=1", "lr_size=8", "model.stages=1", "warmup=0", "repeats=1"] if smoke else [
-        "batch=12", "lr_size=64", "model.stages=19", "warmup=2", "repeats=5",
+    size = ["batch=1", "lr_size=8", "model.net.stages=1", "warmup=0", "repeats=1"] if smoke else [
+        "batch=12", "lr_size=64", "model.net.stages=19", "warmup=2", "repeats=5",
     ]  # fmt: skip
     device = ["device=cpu", "threads=1", "rss=false"] if smoke else ["device=cuda"]
     train = ["scale=4", "setting=iso", *size, *device]
     quick = ["compare.authors=false", "compare.checkpointing=false", "phases=[train,infer]"]
     runs = [
-        ("x4 float32 eager", [*train, "dtype=float32", "model.compile=false"]),
-        ("x4 bfloat16 eager", [*train, "dtype=bfloat16", "model.compile=false", *quick]),
-        ("x4 float32 compiled", [*train, "dtype=float32", "model.compile=true", *quick]),
-        ("x4 bfloat16 compiled", [*train, "dtype=bfloat16", "model.compile=true", *quick]),
+        ("x4 float32 eager", [*train, "dtype=float32", "model.net.compile=false"]),
+        ("x4 bfloat16 eager", [*train, "dtype=bfloat16", "model.net.compile=false", *quick]),
+        ("x4 float32 compiled", [*train, "dtype=float32", "model.net.compile=true", *quick]),
+        ("x4 bfloat16 compiled", [*train, "dtype=bfloat16", "model.net.compile=true", *quick]),
     ]
     if not smoke:  # CUDA graphs
-        graphs = [*train, "dtype=bfloat16", "model.compile=reduce-overhead", *quick]
+        graphs = [*train, "dtype=bfloat16", "model.net.compile=reduce-overhead", *quick]
         runs.append(("x4 bfloat16 CUDA graphs", graphs))
-    stages = "model.stages=1" if smoke else "model.stages=19"
+    stages = "model.net.stages=1" if smoke else "model.net.stages=19"
     for name in SET5[:1] if smoke else SET5:
         infer = ["scale=2", "setting=iso", stages, "phases=[infer]", f"infer.image=Set5/{name}.png"]
         runs.append((f"Set5 {name} x2", [*infer, *device, *size[-2:]]))
@@ -63,7 +63,7 @@ def main() -> None:
     columns = ("run", "device", "step / pass", "first call", "memory", "conv/peak", "×authors")
     for i, col in enumerate(columns):
         summary.add_column(col, justify="left" if i < 2 else "right", no_wrap=True)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module("kxnet.conf.bench", version_base="1.3"):
         for i, (name, overrides) in enumerate(_runs(args.smoke)):
             out = args.out / f"{i:02d}_{name.replace(' ', '_')}"
             out.mkdir(parents=True, exist_ok=True)

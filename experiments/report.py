@@ -18,7 +18,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from kxnet.report import TABLES, ReportError, load_results, paper_table, write_files
+from kxnet.errors import ReportError
+from kxnet.eval.report import TABLES, load_results, paper_table, write_files
 
 PAPER = Path(__file__).resolve().parent / "paper_tables.json"
 

@@ -125,6 +125,6 @@ def _kill_in_save(save_number: int) -> None:
 if __name__ == "__main__":
     if os.environ.get("KXNET_TEST_KILL_IN_SAVE"):
         _kill_in_save(int(os.environ["KXNET_TEST_KILL_IN_SAVE"]))
-    from kxnet.train import main
+    from kxnet.train.__main__ import main
 
     main()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kxnet.bench import HOT_SPOTS, TARGETS
+from kxnet.bench.runner import HOT_SPOTS, TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     overrides = [
         "setting=aniso",
         "scale=2",
-        "model.stages=1",
+        "model.net.stages=1",
         "batch=1",
         "lr_size=8",
         "warmup=0",
@@ -86,7 +86,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "bench.json").exists()
     done = bench(
-        "phases=[synthesis]", "model.stages=1", "batch=1", "lr_size=8", "threads=1", "rss=false"
+        "phases=[synthesis]", "model.net.stages=1", "batch=1", "lr_size=8", "threads=1", "rss=false"
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -109,4 +109,4 @@ def test_gpu_script_runs_in_its_reduced_cpu_form(tmp_path):
     reports = sorted(tmp_path.glob("*/bench.json"))
     assert len(reports) == 5
     compiled = json.loads(reports[2].read_text())
-    assert compiled["config"]["model"]["compile"] is True
+    assert compiled["config"]["model"]["net"]["compile"] is True

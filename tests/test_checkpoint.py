@@ -122,8 +122,8 @@ def test_authors_checkpoint(tmp_path):
     "asked,option",
     [
         ({"scale": 4}, "scale=4"),
-        ({"stages": 19}, "model.stages=19"),
-        ({"kernel_size": 21}, "model.kernel_size=21"),
+        ({"stages": 19}, "model.net.stages=19"),
+        ({"kernel_size": 21}, "model.net.kernel_size=21"),
         ({"setting": "iso"}, "setting=iso"),
     ],
 )
@@ -155,7 +155,7 @@ def _write(path, content):
         ({"format": "onnx", "config": {}}, "unknown format 'onnx'"),
         ([1, 2, 3], "holds a list, not a checkpoint"),
         ({"conv1.weight": torch.zeros(1)}, "not a KXNet checkpoint"),
-        ({"state_dict": {}, "hyper_parameters": {}}, "without hyper_parameters['model']"),
+        ({"state_dict": {}, "hyper_parameters": {}}, "without hyper_parameters['net']"),
         ({"format": "kxnet-weights", "config": {"scale": 2}}, "without 'config' and 'state_dict'"),
         (
             {"format": "kxnet-weights", "config": CONFIG, "state_dict": {}},
@@ -184,9 +184,9 @@ def test_missing_file_and_unknown_option(tmp_path):
 
 
 def test_checkpoint_of_a_kxnet_module_training_run(tmp_path):
-    kxnet_module = pytest.importorskip("kxnet.module", reason="kxnet.module is not installed")
+    kxnet_module = pytest.importorskip("kxnet.train.module", reason="kxnet.train is not installed")
     module = kxnet_module.KXNetModule(
-        model={**CONFIG, "checkpoint_stages": False},
+        net={**CONFIG, "checkpoint_stages": False},
         scheduler=None,
         images_to_log=0,
         stage_metrics=False,
@@ -208,5 +208,5 @@ def test_checkpoint_of_a_kxnet_module_training_run(tmp_path):
     net = module.net.eval()
     _same(net, load_model(tmp_path / "last.ckpt", scale=2, stages=1, kernel_size=11))
     _same(net, load_model(tmp_path / "exported.pt", setting="aniso"))
-    with pytest.raises(CheckpointError, match="but model.stages=19 was asked for"):
+    with pytest.raises(CheckpointError, match="but model.net.stages=19 was asked for"):
         load_model(tmp_path / "last.ckpt", stages=19)

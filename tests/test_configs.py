@@ -3,20 +3,19 @@ preset, the SLURM launcher; `scale` drives the per-scale values; the defaults ar
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from kxnet.config import CONFIG_DIR, project_root
-from kxnet.module import KXNetModule
-from kxnet.train import _instantiate_all
+from kxnet.config import project_root
+from kxnet.train.module import KXNetModule
+from kxnet.train.run import _instantiate_all
 from trainhelp import compose_train
 
-CONF = Path(CONFIG_DIR)
+CONF = project_root() / "conf" / "train"
+SHARED = project_root() / "conf" / "shared"
 GROUPS = ["data", "trainer", "logger", "callbacks", "optim", "setting", "model", "paths"]
 
 
@@ -27,7 +26,7 @@ def _options(group: str) -> list[str]:
 def _instantiate(cfg) -> pl.Trainer:
     """Instantiate the whole run as train() does (a GPU trainer on the CPU where none exists)."""
     datamodule = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.module, _recursive_=False)
+    module = instantiate(cfg.model, _recursive_=False)
     assert isinstance(datamodule, pl.LightningDataModule)
     assert isinstance(module, KXNetModule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
@@ -44,7 +43,7 @@ def _instantiate(cfg) -> pl.Trainer:
     "group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v)
 )
 def test_every_group_option_instantiates(tmp_path, group, option):
-    cfg = compose_train(tmp_path, f"{group}={option}", "model.stages=1")
+    cfg = compose_train(tmp_path, f"{group}={option}", "model.net.stages=1")
     _instantiate(cfg)
 
 
@@ -61,14 +60,15 @@ def test_every_debug_preset_is_cpu_tiny_and_silent(tmp_path, preset):
     cfg = compose_train(tmp_path, f"debug={preset}", "setting=aniso", "scale=4")
     trainer = _instantiate(cfg)
     assert cfg.get("logger") is None and trainer.loggers == []
-    assert cfg.trainer.accelerator == "cpu" and cfg.model.stages <= 2
+    assert cfg.trainer.accelerator == "cpu" and cfg.model.net.stages <= 2
 
 
 def test_scale_and_setting_drive_the_per_scale_values(tmp_path):
     cfg = compose_train(tmp_path, "setting=aniso", "scale=3")
     assert cfg.setting.kernel_size == 15 and list(cfg.setting.sigma_range) == [0.6, 5.0]
-    module = instantiate(cfg.module, _recursive_=False)
-    assert module.hparams.model == {
+    module = instantiate(cfg.model, _recursive_=False)
+    assert module.hparams.net == {
+        "_target_": "kxnet.nn.KXNet",
         "scale": 3,
         "stages": 19,
         "kernel_size": 15,
@@ -91,20 +91,20 @@ def test_the_whole_config_resolves_in_place(tmp_path):
 
 def test_defaults_are_the_paper_recipe(tmp_path):
     cfg = compose_train(tmp_path, "setting=aniso", "scale=4")
-    assert cfg.model.stages == 19 and cfg.module.model.kernel_size == 21
+    assert cfg.model.net.stages == 19 and cfg.model.net.kernel_size == 21
     assert (cfg.data.lr_patch_size, cfg.data.batch_size) == (64, 12)
     assert list(cfg.data.sigma_range) == [0.6, 5.0] and cfg.data.noise_max == 25
     assert cfg.trainer.max_steps == 800_000 and cfg.trainer.val_check_interval == 5_000
-    assert dict(cfg.module.loss) == {
+    assert dict(cfg.model.loss) == {
         "kernel_stage_weight": 0.1,
         "kernel_final_weight": 1.0,
         "image_stage_weight": 0.1,
         "image_final_weight": 1.0,
     }
-    optimizer = cfg.module.optimizer
+    optimizer = cfg.model.optimizer
     assert optimizer._target_ == "torch.optim.Adam" and optimizer.lr == 2e-4
     assert list(optimizer.betas) == [0.9, 0.99]
-    scheduler = cfg.module.scheduler
+    scheduler = cfg.model.scheduler
     assert scheduler._target_.endswith("StepLR")
     assert (scheduler.step_size, scheduler.gamma) == (200_000, 0.5)
     # lr at the end of training: 2e-4 halved three times (the last halving at 8e5 ends it)
@@ -116,7 +116,7 @@ def test_defaults_are_the_paper_recipe(tmp_path):
 def test_stage_ablation_is_a_multirun_over_the_papers_stage_counts(tmp_path):
     cfg = compose_train(tmp_path, "experiment=stage_ablation", hydra=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert cfg.hydra.sweeper.params["model.stages"] == "0,5,10,17,19,21"
+    assert cfg.hydra.sweeper.params["model.net.stages"] == "0,5,10,17,19,21"
     assert (cfg.setting.name, cfg.scale) == ("aniso", 2)
     assert list(cfg.data.test_datasets) == ["Set14"] and list(cfg.data.test_noise) == [0]
 

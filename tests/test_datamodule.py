@@ -2,12 +2,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from PIL import Image
 
 from kxnet import physics
-from kxnet.config import CONFIG_DIR, project_root
+from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.data.datamodule import KXNetDataModule, ShardSampler
 
@@ -59,8 +59,8 @@ def test_training_batches_for_every_setting_and_scale(train_dir, tmp_path, setti
 
 
 def test_paper_config_setting2_x4_gives_lr64_from_hr256_with_21x21_kernels(tmp_path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=["+data=default", "setting=aniso", "scale=4"])
+    with initialize_config_module("kxnet.conf.train", version_base="1.3"):
+        cfg = compose("train", overrides=["setting=aniso", "scale=4"])
     assert (cfg.data.batch_size, cfg.data.lr_patch_size) == (12, 64)
     dm = instantiate(
         cfg.data, cache_dir=str(tmp_path), num_workers=0, check="header", pin_memory=False

@@ -11,19 +11,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import __main__
-from kxnet import ddp
+from kxnet.train import ddp
 from trainhelp import compose_train
 
 
 def _set_job(tmp_path, output_dir):
-    """The Hydra state of job 1 of `python -m kxnet.train -m model.stages=3,5 …`."""
+    """The Hydra state of job 1 of `python -m kxnet.train -m model.net.stages=3,5 …`."""
     cfg = compose_train(
         None,
-        "model.stages=5",
+        "model.net.stages=5",
         "trainer=ddp",
         f"hydra.sweep.dir={tmp_path}",
         "hydra/job_logging=disabled",
-        f"hydra.searchpath=[file://{tmp_path}]",
+        f"hydra.searchpath=[pkg://kxnet.conf.shared,file://{tmp_path}]",
         hydra=True,
     )
     with open_dict(cfg):
@@ -47,13 +47,10 @@ def test_job_command_reruns_the_job_not_the_sweep(sweep_job, tmp_path):
     assert command[:3] == [sys.executable, "-m", "kxnet.train"]
     assert "--multirun" not in command and command.count("-m") == 1
     assert command[command.index("--config-name") + 1] == "train"
-    assert (
-        command[command.index("--config-path") + 1]
-        == HydraConfig.get().runtime.config_sources[1].path
-    )
+    assert command[command.index("--config-path") + 1] == "pkg://kxnet.conf.train"
     overrides = command[command.index("--config-name") + 2 :]
     assert overrides[: len(sweep_job.hydra.overrides.task)] == list(sweep_job.hydra.overrides.task)
-    assert "model.stages=5" in overrides
+    assert "model.net.stages=5" in overrides
     assert f"hydra.run.dir='{tmp_path / '1'}'" in overrides
     assert "hydra.mode=RUN" in overrides and "hydra.output_subdir=null" in overrides
     assert f"hydra.job.name={sweep_job.hydra.job.name}_rank1" in overrides

@@ -17,6 +17,7 @@ from PIL import Image
 
 from kxnet.data import download as dl
 from kxnet.data.__main__ import main
+from kxnet.errors import DownloadError
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 
@@ -145,7 +146,7 @@ def test_interrupted_download_resumes_from_the_part_file(server, tmp_path):
     spec = _spec(server)
     server.drop_after = 1000
     dest = tmp_path / "a.zip"
-    with pytest.raises(dl.DownloadError, match=r"interrupted .*/a\.zip\.part: run the same"):
+    with pytest.raises(DownloadError, match=r"interrupted .*/a\.zip\.part: run the same"):
         dl.download_file(spec.url, dest, len(ARCHIVE), retries=0, report=_quiet)
     assert not dest.exists() and (tmp_path / "a.zip.part").stat().st_size == 1000
     dl.download_file(spec.url, dest, len(ARCHIVE), retries=0, report=_quiet)
@@ -171,7 +172,7 @@ def test_server_without_ranges_restarts_cleanly(server, tmp_path):
 
 def test_missing_url_is_one_clear_error(server, tmp_path):
     url = f"http://127.0.0.1:{server.server_port}/nothing.zip"
-    with pytest.raises(dl.DownloadError, match="HTTP 404"):
+    with pytest.raises(DownloadError, match="HTTP 404"):
         dl.download_file(url, tmp_path / "n.zip", report=_quiet)
 
 
@@ -200,7 +201,7 @@ def test_install_downloads_checks_extracts_and_cleans_up(server, tmp_path):
 
 def test_checksum_mismatch_is_refused_naming_the_file(server, tmp_path):
     spec = _spec(server, sha256="0" * 64)
-    with pytest.raises(dl.DownloadError, match=r"DIV2K_train_HR\.zip: SHA256 .* deleted"):
+    with pytest.raises(DownloadError, match=r"DIV2K_train_HR\.zip: SHA256 .* deleted"):
         dl.install_train_set(spec, tmp_path, report=_quiet)
     assert not (tmp_path / "DIV2K_Flickr2K" / "DIV2K").exists()
     assert list((tmp_path / "downloads").iterdir()) == []
@@ -209,7 +210,7 @@ def test_checksum_mismatch_is_refused_naming_the_file(server, tmp_path):
 
 def test_archive_missing_an_image_leaves_no_half_extracted_folder(server, tmp_path):
     spec = _spec(server, names=(*NAMES, "0004.png"))
-    with pytest.raises(dl.DownloadError, match=r"1 of 4 images missing \(0004\.png\)"):
+    with pytest.raises(DownloadError, match=r"1 of 4 images missing \(0004\.png\)"):
         dl.install_train_set(spec, tmp_path, keep_archive=True, report=_quiet)
     assert list((tmp_path / "DIV2K_Flickr2K").iterdir()) == []
     assert (tmp_path / "downloads" / spec.archive).read_bytes() == ARCHIVE
@@ -220,7 +221,7 @@ def test_corrupt_image_in_archive_is_named(server, tmp_path):
     members["DIV2K_train_HR/0003.png"] = members["DIV2K_train_HR/0003.png"][:200]
     archive = _zip(members)
     spec = _spec(server, archive=archive)
-    with pytest.raises(dl.DownloadError, match=r"1 unreadable DIV2K images .*0003\.png"):
+    with pytest.raises(DownloadError, match=r"1 unreadable DIV2K images .*0003\.png"):
         dl.install_train_set(spec, tmp_path, report=_quiet)
     assert list((tmp_path / "DIV2K_Flickr2K").iterdir()) == []
 
@@ -274,13 +275,13 @@ def test_existing_folder_with_extra_images_is_refused(server, tmp_path):
     copy.mkdir()
     for n in (*NAMES, "0801.png"):
         (copy / n).write_bytes(_png_bytes(1))
-    with pytest.raises(dl.DownloadError, match=r"1 unexpected image files \(0801\.png\)"):
+    with pytest.raises(DownloadError, match=r"1 unexpected image files \(0801\.png\)"):
         dl.install_train_set(spec, tmp_path / "root", copy, report=_quiet)
     assert not (tmp_path / "root" / "DIV2K_Flickr2K" / "DIV2K").exists()
 
 
 def test_no_copy_in_the_source_is_one_clear_error(server, tmp_path):
-    with pytest.raises(dl.DownloadError, match=r"no DIV2K copy in .*DIV2K_train_HR\.zip"):
+    with pytest.raises(DownloadError, match=r"no DIV2K copy in .*DIV2K_train_HR\.zip"):
         dl.install_train_set(_spec(server), tmp_path / "root", tmp_path, report=_quiet)
 
 
@@ -313,7 +314,7 @@ def test_shipped_benchmark_sums_cover_the_four_sets():
 
 
 def test_bundled_benchmarks_verify(capsys):
-    assert dl.check_benchmarks(BUNDLED, ("Set5", "Set14")) == {"Set5": 5, "Set14": 14}
+    assert dl.verify_benchmarks(BUNDLED, ("Set5", "Set14")) == {"Set5": 5, "Set14": 14}
     assert main(["download", "--sets", "set5", "set14", "--from", str(BUNDLED)]) == 0
     assert f"paths.benchmark_dir={BUNDLED}" in capsys.readouterr().out
 
@@ -325,8 +326,8 @@ def test_changed_missing_and_extra_benchmark_files_are_named(tmp_path):
         tmp_path / "Set5" / "baby.png", compress_level=1
     )
     (tmp_path / "Set5" / "baby_x2.png").write_bytes(_png_bytes(0))
-    with pytest.raises(dl.DownloadError) as err:
-        dl.check_benchmarks(tmp_path, ("Set5", "Set14"))
+    with pytest.raises(DownloadError) as err:
+        dl.verify_benchmarks(tmp_path, ("Set5", "Set14"))
     message = str(err.value)
     assert "Set5: 1 missing (bird.png)" in message and "Set5: 1 changed (baby.png)" in message
     assert "Set5: 1 unexpected (baby_x2.png)" in message and "Set14 missing" in message
@@ -347,7 +348,7 @@ def test_shared_benchmark_copy_verifies():
     shared = _shared_data()
     if not (shared / "Urban100").is_dir():
         pytest.skip(f"the full benchmark sets are not at {shared} (set KXNET_SHARED_DATA)")
-    assert dl.check_benchmarks(shared) == {"Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
+    assert dl.verify_benchmarks(shared) == {"Set5": 5, "Set14": 14, "BSD100": 100, "Urban100": 100}
 
 
 @pytest.mark.parametrize("kind", ["truncated tar", "not an archive"])
@@ -359,6 +360,6 @@ def test_broken_archive_copy_is_refused_and_nothing_is_left(server, tmp_path, ki
     (mine / "Flickr2K.tar").write_bytes(tar[:3000] if kind == "truncated tar" else b"x" * 4096)
     spec = _spec(server, name="Flickr2K.tar", archive_bytes=None, sha256=None, names=names)
     spec = dataclasses.replace(spec, member_dir="Flickr2K_HR", title="Flickr2K")
-    with pytest.raises(dl.DownloadError, match=r"Flickr2K\.tar: extraction failed"):
+    with pytest.raises(DownloadError, match=r"Flickr2K\.tar: extraction failed"):
         dl.install_train_set(spec, tmp_path / "root", mine, report=_quiet)
     assert list((tmp_path / "root" / "DIV2K_Flickr2K").iterdir()) == []

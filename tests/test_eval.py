@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from PIL import Image
 
-from kxnet import eval as kx_eval
 from kxnet import metrics
 from kxnet.checkpoint import load_model, save_weights
-from kxnet.config import CONFIG_DIR, project_root
+from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
+from kxnet.eval import driver as kx_eval
 from kxnet.nn import KXNet
 
 REPO = project_root()
@@ -93,7 +93,7 @@ def _overrides(tmp_path, bench, *extra):
 
 def _run(overrides):
     """``kx_eval.run`` in-process on the composed config; the command line is ``overrides``."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
         cfg = compose("eval", overrides=list(overrides))
     return kx_eval.run(cfg, overrides)
 
@@ -248,7 +248,7 @@ def test_default_dataset_list_skips_missing_sets_and_reproduces_set5(tmp_path):
     run_dir = tmp_path / "run"
     result = _cli(
         [
-            "model.stages=0",
+            "model.net.stages=0",
             "setting=iso",
             "scale=2",
             f"paths.benchmark_dir={bench}",
@@ -265,7 +265,7 @@ def test_default_dataset_list_skips_missing_sets_and_reproduces_set5(tmp_path):
     files = "results.json, table.md, table.csv, stages.csv, kernels.csv"
     assert f"Wrote {files} to {run_dir}" in result.stdout
     payload = json.loads((run_dir / "results.json").read_text())
-    assert payload["command"].startswith("python -m kxnet.eval model.stages=0 setting=iso")
+    assert payload["command"].startswith("python -m kxnet.eval model.net.stages=0 setting=iso")
     (row,) = payload["summary"]
     psnr, ssim = PAPER_BICUBIC[("iso", 2, 0.0)]["Set5"]
     assert abs(row["psnr_y"] - psnr) <= 0.015 and abs(row["ssim_y"] - ssim) <= 0.0005
@@ -302,13 +302,13 @@ def test_startup_failures_are_one_line_with_exit_2(tmp_path, tiny_bench, tiny_we
 
 def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
     cases = [
-        (["eval.datasets=[Tiny,Set5]"], f"eval.datasets names Set5, but {tiny_bench / 'Set5'}"),
-        (["model.stages=19"], "model.stages=19 without ckpt_path"),
+        (["eval.datasets=[Tiny,Set5]"], f"names Set5, but there are no images in {tiny_bench}"),
+        (["model.net.stages=19"], "model.net.stages=19 without ckpt_path"),
         ([f"ckpt_path={tmp_path / 'none.pt'}"], "no such checkpoint file"),
-        ([f"ckpt_path={OFFICIAL}", "model.stages=19"], "checkpoint has stages=2"),
+        ([f"ckpt_path={OFFICIAL}", "model.net.stages=19"], "checkpoint has stages=2"),
         (["paper=table1", f"ckpt_path={tiny_weights}"], "has setting=aniso but setting=iso"),
         ([f"ckpt_path={tiny_weights}", "eval.require=[depth]"], "eval.require=['depth'] names"),
-        (["model.stages=0", "eval.true_kernel=true"], "bicubic has no X-net"),
+        (["model.net.stages=0", "eval.true_kernel=true"], "bicubic has no X-net"),
         (
             [f"ckpt_path={tiny_weights}", f"paths.cache_dir={tiny_weights}"],
             f"paths.cache_dir={tiny_weights} is not a writable",
@@ -323,7 +323,9 @@ def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
 
 
 def test_full_error_shows_the_traceback(tmp_path, tiny_bench):
-    result = _cli(_overrides(tmp_path, tiny_bench, "model.stages=7"), env={"HYDRA_FULL_ERROR": "1"})
+    result = _cli(
+        _overrides(tmp_path, tiny_bench, "model.net.stages=7"), env={"HYDRA_FULL_ERROR": "1"}
+    )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "EvalError" in result.stderr
 
@@ -379,7 +381,7 @@ def _assert_matches_paper(summary, datasets):
 
 def _bicubic(tmp_path, bench, setting, scale, datasets, cache):
     overrides = [
-        "model.stages=0",
+        "model.net.stages=0",
         f"setting={setting}",
         f"scale={scale}",
         f"paths.benchmark_dir={bench}",

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from kxnet.data.hr_dataset import EpochSampler, HRImageFolder, find_training_images
-from kxnet.data.images import ImageFolderError
+from kxnet.errors import ImageFolderError
 
 
 def _save(path, arr):

@@ -10,7 +10,6 @@ from kornia_rs import io as krs_io
 from PIL import Image, ImageOps
 
 from kxnet.data.images import (
-    ImageReadError,
     _orient,
     decode_image,
     image_info,
@@ -18,6 +17,7 @@ from kxnet.data.images import (
     read_image,
     scan_images,
 )
+from kxnet.errors import ImageReadError
 
 
 def _rgb(h=12, w=20, seed=0):

@@ -1,7 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from kxnet import measure, physics
+from kxnet import physics
+from kxnet.bench import measure
 
 CPU = torch.device("cpu")
 

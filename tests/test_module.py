@@ -4,6 +4,7 @@ per-stage metrics, generator states; a tiny model overfits a batch."""
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -12,10 +13,11 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from kxnet import KXNet, KXNetOutput, kernels, physics, rng
+from kxnet import KXNet, KXNetOutput, kernels, metrics, physics
 from kxnet.checkpoint import save_weights
 from kxnet.loss import StageLoss
-from kxnet.module import KXNetModule
+from kxnet.train import rng
+from kxnet.train.module import KXNetModule
 from trainhelp import compose_train
 
 TINY = {"scale": 2, "stages": 2, "kernel_size": 11, "setting": "aniso"}
@@ -36,13 +38,13 @@ def test_loss_weights_stages_as_eq_12():
 
 def test_loss_refuses_a_network_without_stages():
     out = KXNetOutput(images=[torch.zeros(1, 3, 4, 4)], kernels=[torch.zeros(1, 3, 3)])
-    with pytest.raises(ValueError, match="model.stages >= 1"):
+    with pytest.raises(ValueError, match="model.net.stages >= 1"):
         StageLoss()(out, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 3))
 
 
 def test_hyperparameters_and_exported_weights(tmp_path):
-    module = KXNetModule(model={**TINY, "kernel_size": None})
-    assert module.hparams.model == {**TINY, "checkpoint_stages": False}
+    module = KXNetModule(net={**TINY, "kernel_size": None})
+    assert module.hparams.net == {"_target_": "kxnet.nn.KXNet", **TINY}
     weights = torch.load(save_weights(module.net, tmp_path / "weights.pt"), weights_only=True)
     assert weights["format"] == "kxnet-weights"
     assert weights["config"] == TINY
@@ -55,7 +57,7 @@ def test_hyperparameters_and_exported_weights(tmp_path):
 
 
 def test_paper_optimiser_halves_the_lr_every_2e5_steps():
-    module = KXNetModule(model=TINY)
+    module = KXNetModule(net=TINY)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert isinstance(optimizer, torch.optim.Adam)
@@ -68,8 +70,8 @@ def test_paper_optimiser_halves_the_lr_every_2e5_steps():
 
 @pytest.mark.parametrize("optim", ["cosine", "onecycle"])
 def test_short_budget_schedules_end_at_max_steps(tmp_path, optim):
-    cfg = compose_train(tmp_path, f"optim={optim}", "model.stages=1", "trainer.max_steps=50")
-    module = instantiate(cfg.module, _recursive_=False)
+    cfg = compose_train(tmp_path, f"optim={optim}", "model.net.stages=1", "trainer.max_steps=50")
+    module = instantiate(cfg.model, _recursive_=False)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     peak = max(optimizer.param_groups[0]["lr"], cfg.optim.optimizer.lr)
@@ -83,18 +85,52 @@ def test_short_budget_schedules_end_at_max_steps(tmp_path, optim):
 
 
 def test_stage_metrics_measure_every_stage():
-    module = KXNetModule(model=TINY).eval()
+    module = KXNetModule(net=TINY).eval()
+    module.setup("validate")
     group = module.metrics["val"]
-    assert len(group.stage_psnr) == 3
+    assert len(group.images) == len(group.kernels) == 3
     hr = torch.rand(2, 3, 16, 16)
     kernel = torch.softmax(torch.rand(2, 121), 1).view(2, 11, 11)
     with torch.no_grad():
         out = module(torch.rand(2, 3, 8, 8))
-    group.update_stages(out, hr, kernel)
-    results = {name: metric.compute() for name, metric in group.named_results().items()}
-    assert results["psnr"] == results["stage_psnr/02"]
-    assert results["stage_psnr/00"] != results["stage_psnr/02"]
-    assert set(results) >= {"ssim", "stage_ssim/01", "kernel_l1/00", "kernel_psnr/02"}
+    group.update(out, {"hr": hr, "kernel": kernel})
+    results = {k: v for c in group.collections() for k, v in c.compute().items()}
+    assert results["val/psnr"] == results["val/stage_psnr/02"]
+    assert results["val/stage_psnr/00"] != results["val/stage_psnr/02"]
+    assert set(results) >= {
+        "val/ssim",
+        "val/stage_ssim/01",
+        "val/kernel_l1/00",
+        "val/kernel_psnr/02",
+    }
+
+
+def test_set_metrics_are_built_from_the_datamodule_sets():
+    sets = [
+        SimpleNamespace(name="Set5", noise=(0.0, 15.0)),
+        SimpleNamespace(name="B", noise=(0.0,)),
+    ]
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(val_sets=sets, test_sets=sets[1:]))
+    module = KXNetModule(net=TINY, stage_metrics=False).eval()
+    module._trainer = trainer
+    module.setup("fit")
+    group = module.metrics["val"]
+    assert list(group.index) == ["Set5", "Set5_noise15", "B"] and not group.images
+    hr = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        out = module(torch.rand(2, 3, 8, 8))
+    batch = {
+        "hr": hr,
+        "kernel": out.kernel,
+        "dataset": ["Set5", "B"],
+        "noise": torch.tensor([15.0, 0]),
+    }
+    group.update(out, batch)
+    counts = [c["psnr"].update_count for c in group.sets]
+    assert counts == [0, 1, 1]
+    assert group.sets[1].compute()["val/Set5_noise15/psnr"] == metrics.psnr(out.sr[:1], hr[:1], 2)
+    module.setup("test")
+    assert list(module.metrics["test"].index) == ["B"]
 
 
 def test_generator_states_round_trip():
@@ -118,7 +154,7 @@ def test_loss_falls_on_a_tiny_overfit_run():
     kernel, _ = kernels.random_anisotropic(2, 11, (0.6, 5.0), generator=g)
     batch = {"lr": physics.blur_downsample(hr, kernel, 2), "hr": hr, "kernel": kernel}
     module = KXNetModule(
-        model={**TINY, "stages": 1},
+        net={**TINY, "stages": 1},
         optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3},
         scheduler=None,
     )

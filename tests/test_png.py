@@ -6,7 +6,7 @@ import torch
 from kornia.io import ImageLoadType, load_image
 from PIL import Image
 
-from kxnet.data.png import PngStreamWriter
+from kxnet.predict.png import PngStreamWriter
 
 
 def _encode(pixels, strips, **kwargs):

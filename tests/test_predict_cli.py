@@ -6,14 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from PIL import Image
 
 from kxnet import KXNet
 from kxnet.checkpoint import save_weights
-from kxnet.config import CONFIG_DIR, project_root
-from kxnet.predict import run
-from kxnet.prediction import PredictError
+from kxnet.config import project_root
+from kxnet.predict.prediction import PredictError, run
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def weights(tmp_path):
 
 
 def _run(overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module("kxnet.conf.predict", version_base="1.3"):
         cfg = compose("predict", overrides=overrides)
     return run(cfg, overrides)
 
@@ -52,7 +51,7 @@ def test_scale_and_stages_come_from_the_checkpoint(images, weights, tmp_path, ca
     "overrides,message",
     [
         (["scale=4"], "checkpoint has scale=2 but scale=4 was asked for"),
-        (["model.stages=19"], "but model.stages=19 was asked for"),
+        (["model.net.stages=19"], "but model.net.stages=19 was asked for"),
         (["setting=iso"], "but setting=iso was asked for"),
         (["tile.size=20"], "tile.size=20 leaves a core of -12 LR pixels"),
         (["tile.overlap=wide"], "tile.overlap=wide must be a number of LR pixels or auto"),
@@ -80,7 +79,9 @@ def test_start_up_errors_are_one_line(images, weights, tmp_path, capsys, overrid
 def test_a_checkpoint_is_needed_unless_stages_is_zero(images, tmp_path, capsys):
     assert _run([f"input={images}", f"output={tmp_path / 'a'}"]) == 2
     assert "ckpt_path is not set" in capsys.readouterr().err
-    assert _run([f"input={images}", f"output={tmp_path / 'b'}", "model.stages=0", "scale=3"]) == 0
+    assert (
+        _run([f"input={images}", f"output={tmp_path / 'b'}", "model.net.stages=0", "scale=3"]) == 0
+    )
     with Image.open(tmp_path / "b" / "a.png") as sr:
         assert sr.size == (45, 36)
 
@@ -106,7 +107,9 @@ def test_cli_mixed_folder_exits_non_zero_and_lists_the_bad_files(images, tmp_pat
     (images / "broken.png").write_bytes((images / "a.png").read_bytes()[:60])
     (images / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    proc = _cli("model.stages=0", f"input={images}", f"output={out}", f"hydra.run.dir={tmp_path}/h")
+    proc = _cli(
+        "model.net.stages=0", f"input={images}", f"output={out}", f"hydra.run.dir={tmp_path}/h"
+    )
     assert proc.returncode == 1, proc.stderr
     assert f"Wrote 2 of 4 images to {out}" in proc.stdout
     assert f"2 failed:\n  {images / 'broken.png'}: not a readable image" in proc.stdout
@@ -147,7 +150,7 @@ def _peak_rss_mb(image, out, tmp_path):
         "print('PEAK', re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script, "model.stages=0", "scale=4", "tile.size=512"]
+        [sys.executable, "-c", script, "model.net.stages=0", "scale=4", "tile.size=512"]
         + [f"input={image}", f"output={out}", f"hydra.run.dir={tmp_path}/h"],
         cwd=project_root(),
         capture_output=True,

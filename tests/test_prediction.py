@@ -10,11 +10,11 @@ from PIL import Image
 
 from kxnet import KXNet
 from kxnet.checkpoint import load_model
-from kxnet.checks import StartupError
-from kxnet.data import png as png_module
 from kxnet.data.images import read_image
-from kxnet.data.png import PngStreamWriter
-from kxnet.prediction import (
+from kxnet.errors import StartupError
+from kxnet.predict import png as png_module
+from kxnet.predict.png import PngStreamWriter
+from kxnet.predict.prediction import (
     PredictError,
     PredictOptions,
     check_output_dir,
@@ -24,7 +24,7 @@ from kxnet.prediction import (
     predict_images,
     summary,
 )
-from kxnet.tiling import receptive_radius
+from kxnet.predict.tiling import receptive_radius
 
 SCALE = 2
 FIXTURE = Path(__file__).parent / "fixtures" / "official_x2_s2_p11.pt"

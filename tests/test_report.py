@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from kxnet import report
 from kxnet.config import project_root
+from kxnet.eval import report
 
 REPO = project_root()
 PAPER = json.loads((REPO / "experiments" / "paper_tables.json").read_text())

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kxnet import KXNet, kernels
-from kxnet.tiling import (
+from kxnet.predict.tiling import (
     central_crop,
     min_input_size,
     plan_tiles,

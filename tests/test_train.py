@@ -15,8 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from kxnet import KXNet
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.metrics import psnr
-from kxnet.module import KXNetModule
-from kxnet.train import default_wandb_mode, train
+from kxnet.train import train
+from kxnet.train.loggers import default_wandb_mode
+from kxnet.train.module import KXNetModule
 from trainhelp import QUIET, compose_train, run_train
 
 
@@ -40,7 +41,7 @@ def test_fast_dev_run_for_every_setting_and_scale(tmp_path, tiny_benchmark, sett
         "debug=fdr",
         f"setting={setting}",
         f"scale={scale}",
-        "model.stages=1",
+        "model.net.stages=1",
         *tiny_benchmark,
         *QUIET,
     )
@@ -90,7 +91,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark):
 
 
 def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):
-    cfg = compose_train(tmp_path, "debug=limit", "model.stages=0", *tiny_benchmark, *QUIET)
+    cfg = compose_train(tmp_path, "debug=limit", "model.net.stages=0", *tiny_benchmark, *QUIET)
     assert train(cfg) is None
     assert not (tmp_path / "checkpoints").exists()
     assert _loads(_weights(tmp_path)).num_stages == 0
@@ -151,7 +152,8 @@ def test_paper_command_runs_a_step_and_checkpoints(tmp_path, tiny_benchmark):
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
-    assert ckpt["hyper_parameters"]["model"] == {
+    assert ckpt["hyper_parameters"]["net"] == {
+        "_target_": "kxnet.nn.KXNet",
         "scale": 4,
         "stages": 2,
         "kernel_size": 21,
@@ -200,7 +202,7 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
         [
             *tiny_benchmark,
             "-m",
-            "model.stages=1,2",
+            "model.net.stages=1,2",
             "debug=limit",
             "trainer=ddp",
             "trainer.accelerator=cpu",

@@ -7,10 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
-
-from kxnet.config import CONFIG_DIR
 
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
@@ -18,7 +16,7 @@ QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 def compose_train(output_dir: Path | None, *overrides: str, hydra: bool = False) -> DictConfig:
     """The training config, writing under ``output_dir``."""
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module("kxnet.conf.train", version_base="1.3"):
         return compose("train", overrides=[*extra, *overrides], return_hydra_config=hydra)
 
 

@@ -2,15 +2,17 @@
 
 Three formats are read:
 
-- a Lightning checkpoint of ``kxnet.module.KXNetModule`` (``.ckpt``): the network's weights are
-  the ``state_dict`` entries under ``net.``, its config is ``hyper_parameters["model"]``;
+- a Lightning checkpoint of ``kxnet.train.module.KXNetModule`` (``.ckpt``): the network's
+  weights are the ``state_dict`` entries under ``net.``, its config is
+  ``hyper_parameters["net"]`` (``["model"]`` in checkpoints of earlier versions);
 - a bare-weights file written by :func:`save_weights`:
   ``{"format": "kxnet-weights", "config": {scale, stages, kernel_size, setting}, "state_dict"}``;
 - a state dict released by the paper's authors (``.pth``), through :func:`kxnet.load_official`.
 
 Files are read with ``torch.load(weights_only=True)`` (tensors, plain containers and OmegaConf
-configs only), so loading a file cannot run code. Every failure is a :class:`CheckpointError`
-whose one-line message names the file, what is wrong and how to fix it.
+configs only), so loading a file cannot run code. Every failure is a
+:class:`~kxnet.errors.CheckpointError` whose one-line message names the file, what is wrong and
+how to fix it.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 from torch import Tensor
 
 from kxnet.atomic import atomic_save
+from kxnet.errors import CheckpointError
 from kxnet.nn.kxnet import KXNet
 from kxnet.official import convert_official_state_dict, load_official
 
 __all__ = [
     "WEIGHTS_FORMAT",
-    "CheckpointError",
+    "CONFIG_KEYS",
+    "OPTIONS",
+    "lightning_net_config",
     "load_model",
     "model_config",
     "read_checkpoint",
@@ -47,9 +52,9 @@ CONFIG_KEYS = ("scale", "stages", "kernel_size", "setting")
 # The command-line option that sets each config entry.
 OPTIONS = {
     "scale": "scale",
-    "stages": "model.stages",
-    "kernel_size": "model.kernel_size",
     "setting": "setting",
+    "stages": "model.net.stages",
+    "kernel_size": "model.net.kernel_size",
 }
 _SAFE_GLOBALS = [
     DictConfig,
@@ -71,15 +76,6 @@ _UNREADABLE = (
     "save or download it again"
 )
 _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file, the cause and the fix."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def model_config(model: KXNet) -> dict:
@@ -129,14 +125,23 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> obj
         raise CheckpointError(path, _UNREADABLE) from err
 
 
-def _from_lightning(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
+def lightning_net_config(ckpt: Mapping) -> Mapping | None:
+    """The network config that :class:`~kxnet.train.module.KXNetModule` saved in a Lightning
+    checkpoint (``hyper_parameters["net"]``, or ``["model"]`` before), None if there is none."""
     hparams = ckpt.get("hyper_parameters") or {}
-    config = hparams.get("model") if isinstance(hparams, Mapping) else None
-    if not isinstance(config, Mapping):
+    if not isinstance(hparams, Mapping):
+        return None
+    config = hparams.get("net", hparams.get("model"))
+    return config if isinstance(config, Mapping) else None
+
+
+def _from_lightning(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
+    config = lightning_net_config(ckpt)
+    if config is None:
         raise CheckpointError(
             path,
-            "Lightning checkpoint without hyper_parameters['model']: not saved by "
-            "kxnet.module.KXNetModule",
+            "Lightning checkpoint without hyper_parameters['net']: not saved by "
+            "kxnet.train.module.KXNetModule",
         )
     if isinstance(config, DictConfig):
         config = OmegaConf.to_container(config, resolve=True)

@@ -9,19 +9,38 @@ from omegaconf import OmegaConf
 
 from kxnet import kernels
 
-__all__ = ["CONFIG_DIR", "project_root", "resolve_path", "register_resolvers"]
+__all__ = [
+    "APPS",
+    "CONFIG_MODULE",
+    "config_path",
+    "project_root",
+    "resolve_path",
+    "register_resolvers",
+]
+
+APPS = ("train", "eval", "predict", "bench")
+# The configs ship inside the package: ``kxnet.conf.<app>`` holds each command's primary config
+# and its own groups, ``kxnet.conf.shared`` the groups every command uses (on their searchpath).
+CONFIG_MODULE = "kxnet.conf"
+
+
+def config_path(app: str) -> str:
+    """The Hydra config path of a command: ``pkg://kxnet.conf.<app>``."""
+    if app not in APPS:
+        raise ValueError(f"no configs for {app!r}: one of {', '.join(APPS)}")
+    return f"pkg://{CONFIG_MODULE}.{app}"
 
 
 def project_root() -> Path:
-    """The kxnet checkout (holding ``conf/``), else the directory the command was started in."""
+    """The kxnet checkout (holding ``conf/`` and ``pyproject.toml``), else ``KXNET_ROOT``, else
+    the directory the command was started in."""
     here = Path(__file__).resolve()
     for parent in here.parents:
-        if (parent / "conf" / "train.yaml").is_file() and (parent / "pyproject.toml").is_file():
+        if (parent / "conf" / "train" / "train.yaml").is_file() and (
+            parent / "pyproject.toml"
+        ).is_file():
             return parent
     return Path(os.environ.get("KXNET_ROOT", os.getcwd())).resolve()
-
-
-CONFIG_DIR = str(project_root() / "conf")
 
 
 def resolve_path(path: str | os.PathLike | None, root: str | os.PathLike | None = None) -> Path:

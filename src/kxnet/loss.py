@@ -46,7 +46,9 @@ class StageLoss:
         """output: T + 1 stages of B×3×H×W images and B×p×p kernels; hr B×3×H×W; kernel B×p×p."""
         stages = len(output.images) - 1
         if stages < 1:
-            raise ValueError("the loss needs a network with at least one stage (model.stages >= 1)")
+            raise ValueError(
+                "the loss needs a network with at least one stage (model.net.stages >= 1)"
+            )
         kernel_terms = [F.l1_loss(k, kernel) for k in output.kernels[1:]]
         image_terms = [F.l1_loss(x, hr) for x in output.images[1:]]
         total = hr.new_zeros(())

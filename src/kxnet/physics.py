@@ -1,5 +1,15 @@
 """The degradation model ``y = (x ⊗ k)↓s`` and the operators KXNet unrolls (paper Eq. 1, 5-11).
 
+==========================  =====================================================  ===========
+function                    operator                                               paper
+==========================  =====================================================  ===========
+:func:`blur_downsample`     ``A_k x = (x ⊗ k)↓s``; the residuals e_k, E_x          Eq. 1, 9, 10
+:func:`kernel_gradient`     ``∇f(k) = (D_s U_f(x))ᵀ vec(A_k x − y)``, G_k          Eq. 5, 6, 9
+:func:`transpose_upsample`  ``k ⊗ₛᵀ e``, the X gradient G_x                        Eq. 8, 10
+:func:`transpose_ones`      ``k ⊗ₛᵀ 1``, the adjuster's denominator                Eq. 11
+:func:`adjusted_gradient`   ``Ĝ_x = G_x / (k ⊗ₛᵀ 1)``                              Eq. 10, 11
+==========================  =====================================================  ===========
+
 Shapes: ``x`` is B×C×H×W (HR), ``k`` is B×p×p (one kernel per sample, p odd), ``s`` the scale,
 ``y`` is B×C×h×w with h = H/s, w = W/s. The blur is a correlation after reflect padding of
 (p-1)/2; the s-fold downsampler keeps the upper-left pixel of every s×s block. Nothing here
@@ -82,7 +92,10 @@ def _filters(k: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
 
 
 def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
-    """``A_k x = (x ⊗ k)↓s``: B×C×H×W, B×p×p → B×C×(H/s)×(W/s), one strided convolution."""
+    """``A_k x = (x ⊗ k)↓s`` (Eq. 1): B×C×H×W, B×p×p → B×C×(H/s)×(W/s), one strided convolution.
+
+    The residuals of K-net (e_k, Eq. 9) and X-net (E_x, Eq. 10) are ``blur_downsample(x, k) − y``.
+    """
     check_shapes(x, k, scale)
     batch, channels = x.shape[:2]
     xp = _planes(_pad(x, k.shape[-1]))
@@ -91,7 +104,8 @@ def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
 
 
 def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
-    """``k ⊗ₛᵀ e``, the transpose of the zero-padded ``A_k``: B×C×h×w → B×C×(h·s)×(w·s)."""
+    """``k ⊗ₛᵀ e`` (Eq. 8; G_x of Eq. 10), the transpose of the zero-padded ``A_k``:
+    B×C×h×w → B×C×(h·s)×(w·s)."""
     if e.dim() != 4:
         raise ValueError(f"residual must be B×C×h×w, got shape {tuple(e.shape)}")
     _check_kernels(k, e.shape[0], scale)
@@ -118,7 +132,7 @@ def _coverage(size: int, p: int, scale: int, like: Tensor) -> Tensor:
 
 
 def transpose_ones(k: Tensor, size: tuple[int, int], scale: int) -> Tensor:
-    """``k ⊗ₛᵀ 1`` for an HR size (H, W): B×1×H×W, the same for every channel.
+    """``k ⊗ₛᵀ 1`` (Eq. 11) for an HR size (H, W): B×1×H×W, the same for every channel.
 
     Row and column coverage are independent, so the result is ``M_H · k · M_Wᵀ`` with 0/1
     coverage matrices: two small matrix products instead of a transposed convolution.
@@ -131,12 +145,14 @@ def transpose_ones(k: Tensor, size: tuple[int, int], scale: int) -> Tensor:
 
 
 def adjusted_gradient(grad: Tensor, ones_t: Tensor, eps: float = 1e-10) -> Tensor:
-    """The gradient adjuster ``Ĝ = G / (k ⊗ₛᵀ 1 + eps)``: B×C×H×W, B×1×H×W → B×C×H×W."""
+    """The gradient adjuster ``Ĝ = G / (k ⊗ₛᵀ 1 + eps)`` (Eq. 11; Ĝ_x of Eq. 10):
+    B×C×H×W, B×1×H×W → B×C×H×W."""
     return grad / (ones_t + eps)
 
 
 def kernel_gradient(x: Tensor, r: Tensor, p: int, scale: int) -> Tensor:
-    """K-net data gradient ``(D_s U_f(x))ᵀ vec(r) / (C·h·w)``: B×C×H×W, B×C×h×w → B×p×p.
+    """K-net data gradient ``(D_s U_f(x))ᵀ vec(r) / (C·h·w)`` (Eq. 6; G_k of Eq. 9):
+    B×C×H×W, B×C×h×w → B×p×p.
 
     ``G[u, v] = Σ_{c,i,j} r[c,i,j] · xpad[c, s·i+u, s·j+v] / (C·h·w)``, the weight gradient of
     the strided convolution in :func:`blur_downsample`, i.e. the gradient with respect to ``k`` of

@@ -1,24 +1,14 @@
-"""Pictures for the dashboards: LR, bicubic, SR and HR side by side; kernels of every stage.
-
-``log_picture`` hands a picture to each attached logger in that logger's own way: W&B
-``log_image``, TensorBoard ``add_image``, and PNG files under ``<log_dir>/images`` for CSV.
-"""
+"""Pictures of a result: LR, bicubic, SR and HR side by side; the kernel of every stage."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch import Tensor
 
-__all__ = ["comparison_strip", "kernel_strip", "log_picture"]
+__all__ = ["comparison_strip", "kernel_strip"]
 
 _GAP = 4
 
@@ -54,30 +44,3 @@ def kernel_strip(estimates: Iterable[Tensor], true: Tensor | None = None, zoom: 
         for k in kernels
     ]
     return _row(tiles, gap=2)
-
-
-def _to_uint8_hwc(picture: Tensor) -> np.ndarray:
-    return (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def log_picture(
-    loggers: Iterable[Logger], key: str, picture: Tensor, step: int, caption: str | None = None
-) -> None:
-    """Send a 3×H×W picture in [0, 1] to every logger (call on rank 0 only)."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(
-                key=key,
-                images=[_to_uint8_hwc(picture)],
-                step=step,
-                caption=[caption] if caption else None,
-            )
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(key, picture.clamp(0, 1), global_step=step)
-        elif isinstance(logger, CSVLogger):
-            folder = Path(logger.log_dir) / "images"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-            Image.fromarray(_to_uint8_hwc(picture)).save(folder / f"{name}_step{step:07d}.png")
-        else:
-            rank_zero_warn(f"{type(logger).__name__} cannot show pictures; {key!r} not logged")

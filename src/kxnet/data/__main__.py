@@ -18,11 +18,11 @@ from kxnet.data.download import (
     BENCHMARK_SETS,
     TRAIN_FOLDER,
     TRAIN_SETS,
-    DownloadError,
-    check_benchmarks,
     install_train_set,
+    verify_benchmarks,
 )
-from kxnet.data.images import CHECKS, DataError
+from kxnet.data.images import CHECKS
+from kxnet.errors import DataError, DownloadError
 
 GROUPS = {"train": tuple(TRAIN_SETS), "benchmarks": tuple(s.lower() for s in BENCHMARK_SETS)}
 CHOICES = (*TRAIN_SETS, *GROUPS["benchmarks"], *GROUPS)
@@ -68,7 +68,7 @@ def download(args: argparse.Namespace) -> None:
     if benchmarks:
         source = _path(args.source)
         print("benchmarks:")
-        counts = check_benchmarks(source, benchmarks)
+        counts = verify_benchmarks(source, benchmarks)
         lines += [
             f"  {b:<9} {n:>5} images  {source / b}  (SHA256 of every file)"
             for b, n in counts.items()

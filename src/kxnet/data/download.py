@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from kxnet.data.images import DataError, list_images, scan_images
+from kxnet.data.images import list_images, scan_images
+from kxnet.errors import DownloadError
 
 __all__ = [
     "TRAIN_FOLDER",
     "TRAIN_SETS",
     "BENCHMARK_SETS",
-    "DownloadError",
     "TrainSet",
     "download_file",
     "sha256_file",
@@ -46,17 +46,13 @@ __all__ = [
     "check_train_folder",
     "install_train_set",
     "benchmark_sums",
-    "check_benchmarks",
+    "verify_benchmarks",
 ]
 
 TRAIN_FOLDER = "DIV2K_Flickr2K"
 BENCHMARK_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 _SUMS = Path(__file__).with_name("benchmark_hr.sha256")
 Report = Callable[[str], None]
-
-
-class DownloadError(DataError):
-    """A download, archive or copy that cannot be used; one line naming it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -405,7 +401,7 @@ def benchmark_sums() -> dict[str, dict[str, str]]:
     return sums
 
 
-def check_benchmarks(source: str | os.PathLike, sets: tuple[str, ...] = BENCHMARK_SETS) -> dict:
+def verify_benchmarks(source: str | os.PathLike, sets: tuple[str, ...] = BENCHMARK_SETS) -> dict:
     """Check ``<source>/<set>/`` file by file against the shipped SHA256 list; {set: files}.
 
     Raises :class:`DownloadError` naming the missing, changed or unexpected files.

@@ -21,14 +21,13 @@ from torch.utils.data import Dataset, Sampler
 from kxnet.data.images import (
     CHECKS,
     IMAGE_SUFFIXES,
-    ImageFolderError,
     ImageInfo,
-    ImageReadError,
     decode_image,
     list_images,
     scan_images,
     to_float,
 )
+from kxnet.errors import ImageFolderError, ImageReadError
 
 __all__ = ["TRAIN_DIR_HINT", "find_training_images", "HRImageFolder", "EpochSampler"]
 

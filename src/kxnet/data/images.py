@@ -18,12 +18,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from kxnet.errors import ImageReadError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "CHECKS",
-    "DataError",
-    "ImageReadError",
-    "ImageFolderError",
     "ImageInfo",
     "read_image",
     "decode_image",
@@ -44,27 +43,6 @@ _READ_ERRORS = (
     EOFError,
     Image.DecompressionBombError,
 )
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message is one line naming the file or folder and the fix."""
-
-
-class ImageReadError(DataError):
-    """An image file that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-class ImageFolderError(DataError):
-    """A folder of images that cannot be used (missing, empty, unreadable files, too small)."""
-
-    def __init__(self, folder: str | os.PathLike, message: str) -> None:
-        self.folder = Path(folder)
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

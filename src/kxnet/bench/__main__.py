@@ -1,0 +1,36 @@
+"""``python -m kxnet.bench``: KXNet's speed and memory against the authors' formulation.
+
+    python -m kxnet.bench                               # x4, S = 19, every phase
+    python -m kxnet.bench scale=2 'phases=[infer]'      # one phase at x2
+
+Prints the tables of :func:`kxnet.bench.runner.run` and writes ``bench.json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+
+from kxnet.atomic import atomic_write
+from kxnet.bench.runner import run
+from kxnet.config import config_path
+
+
+@hydra.main(version_base="1.3", config_path=config_path("bench"), config_name="bench")
+def main(cfg: DictConfig) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    report = run(cfg, console)
+    out = atomic_write(
+        Path(cfg.paths.output_dir) / "bench.json", json.dumps(report, indent=2, default=float)
+    )
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

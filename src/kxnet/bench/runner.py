@@ -1,0 +1,524 @@
+"""The benchmark of ``python -m kxnet.bench``: KXNet's speed and memory, against the authors'
+formulation.
+
+For one configuration (scale, setting, stages, batch, LR patch, device, dtype) it measures
+
+- the training step (forward, the loss of Eq. 12, backward, Adam step) and the inference pass
+  (``torch.inference_mode``, one benchmark image): wall time after warm-up over repetitions
+  (median, min, max), the process CPU time, and the time of the first call (compilation); the
+  variants of a phase are timed in turns in one fresh process, so that load drifts hit all;
+- the peak memory of each, over what exists before the call (see :mod:`kxnet.bench.measure`): the
+  tensors' peak (CUDA allocator, or the profiler's record of allocations on CPU), and on CPU the
+  resident-set growth, in a fresh process per variant;
+- the model FLOPs, the achieved FLOP/s, and the convolutions' FLOP/s as a fraction of the dense
+  matrix-multiply peak measured in the same run;
+- the synthesis of a training batch (:class:`kxnet.data.synthesis.Degradation`: random kernels,
+  blur and downsample, noise), and the training loss is :class:`kxnet.loss.StageLoss`;
+- the same for the authors' formulation of the operators (:mod:`kxnet.bench.authors`, same
+  network and weights, float32, default layout), and each hot-spot operator alone.
+
+:func:`run` prints tables and returns the report that the command writes to ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from kxnet import kernels, physics
+from kxnet.bench import authors, measure
+from kxnet.checks import check_device
+from kxnet.config import resolve_path
+from kxnet.data.images import read_image
+from kxnet.data.synthesis import Degradation
+from kxnet.loss import StageLoss
+from kxnet.nn import KXNet
+
+__all__ = ["run", "TARGETS", "format_seconds", "format_bytes", "format_ratio"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# The goals this project sets itself against the authors' code (ratios ours / theirs).
+TARGETS = {
+    "train_time_ratio": ("training step time / authors'", "<=", 0.7),
+    "train_memory_ratio": ("training step memory / authors'", "<=", 0.5),
+    "train_checkpointed_memory_ratio": ("checkpointed training memory / authors'", "<=", 0.25),
+    "infer_time_ratio": ("inference time / authors'", "<=", 0.7),
+    "conv_fraction_of_peak": ("convolution FLOP/s / matmul peak", ">=", 0.8),
+    "synthesis_fraction_of_step": ("synthesis time / training step", "<=", 0.05),
+}
+
+
+def _model(spec: dict[str, Any], device: torch.device) -> KXNet:
+    torch.manual_seed(spec["seed"])
+    model = KXNet(
+        scale=spec["scale"],
+        stages=spec["stages"],
+        kernel_size=spec["kernel_size"],
+        setting=spec["setting"],
+        checkpoint_stages=spec["checkpoint_stages"],
+        channels_last=spec["channels_last"],
+        recompute_data_terms=spec["recompute_data_terms"],
+        compile=spec["compile"],
+    )
+    return model.to(device)
+
+
+def _degradation(spec: dict[str, Any]) -> Degradation:
+    return Degradation(
+        spec["setting"], spec["scale"], spec["kernel_size"], spec["sigma_range"], spec["noise_max"]
+    )
+
+
+def _formulation(spec: dict[str, Any]) -> Callable[[], contextlib.AbstractContextManager]:
+    theirs = spec["formulation"] == "authors"
+    return authors.authors_formulation if theirs else contextlib.nullcontext
+
+
+def _autocast(spec: dict[str, Any], device: torch.device) -> contextlib.AbstractContextManager:
+    if spec["dtype"] == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[spec["dtype"]])
+
+
+def _train_callable(spec: dict[str, Any], device: torch.device) -> Callable[[], None]:
+    model = _model(spec, device).train()
+    generator = torch.Generator(device=device).manual_seed(spec["seed"])
+    size = spec["lr_size"] * spec["scale"]
+    hr = torch.rand(spec["batch"], 3, size, size, generator=generator, device=device)
+    with torch.no_grad():
+        batch = _degradation(spec)(hr, generator)
+    lr, k = batch["lr"], batch["kernel"]
+    loss = StageLoss()
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimiser.step()  # allocates the optimiser state; zero gradients leave the weights as they are
+    formulation = _formulation(spec)
+
+    def step() -> None:
+        with formulation():
+            with _autocast(spec, device):
+                out = model(lr)
+            loss(out, hr, k).total.backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=False)
+
+    return step
+
+
+def _infer_callable(
+    spec: dict[str, Any], device: torch.device, inference_mode: bool = True
+) -> Callable[[], None]:
+    """The inference pass; with ``inference_mode=False`` it records the autograd graph instead,
+    for the FLOP counter, which cannot follow parameter views made with gradients off."""
+    model = _model(spec, device).eval()
+    lr = spec["infer_lr"].to(device)
+    formulation = _formulation(spec)
+    keep = spec["formulation"] == "authors"  # the authors' network returns every stage
+    grad_off = torch.inference_mode if inference_mode else contextlib.nullcontext
+
+    def infer() -> None:
+        with formulation(), grad_off(), _autocast(spec, device):
+            model(lr, keep_stages=keep)
+
+    return infer
+
+
+def _synthesis_callable(spec: dict[str, Any], device: torch.device) -> Callable[[], None]:
+    generator = torch.Generator(device=device).manual_seed(spec["seed"])
+    size = spec["lr_size"] * spec["scale"]
+    hr = torch.rand(spec["batch"], 3, size, size, generator=generator, device=device)
+    theirs = spec["formulation"] == "authors"
+    blur = authors.full_blur_downsample if theirs else physics.blur_downsample
+    degradation = _degradation(spec)
+
+    def synthesise() -> None:
+        with torch.no_grad(), mock.patch.object(physics, "blur_downsample", blur):
+            degradation(hr, generator)
+
+    return synthesise
+
+
+# Each hot spot: (description, our operator, the authors' form, needs gradients).
+HOT_SPOTS = {
+    "kernel_gradient": ("K-net gradient G_K (fwd+bwd)", physics.kernel_gradient,
+                        authors.unfold_kernel_gradient, True),
+    "blur_downsample": ("blur + downsample in the network (fwd+bwd)", physics.blur_downsample,
+                        authors.repeated_blur_downsample, True),
+    "blur_downsample_synthesis": ("blur + downsample in synthesis (fwd)", physics.blur_downsample,
+                                  authors.full_blur_downsample, False),
+    "transpose_upsample": ("X-net k ⊗ₛᵀ E (fwd+bwd)", physics.transpose_upsample,
+                           authors.repeated_transpose_upsample, True),
+    "transpose_ones": ("adjuster k ⊗ₛᵀ 1 (fwd+bwd)", physics.transpose_ones,
+                       authors.transpose_conv_ones, True),
+}  # fmt: skip
+
+
+def _hot_spot_callable(spec: dict[str, Any], device: torch.device) -> Callable[[], None]:
+    _, ours, theirs, grad = HOT_SPOTS[spec["hot_spot"]]
+    op = theirs if spec["formulation"] == "authors" else ours
+    generator = torch.Generator(device=device).manual_seed(spec["seed"])
+    s, p, b, h = spec["scale"], spec["kernel_size"], spec["batch"], spec["lr_size"]
+    x = torch.rand(b, 3, h * s, h * s, generator=generator, device=device)
+    r = torch.rand(b, 3, h, h, generator=generator, device=device)
+    k, _ = _degradation(spec).sample_kernels(b, generator, device, torch.float32)
+    inputs = {
+        "kernel_gradient": (x, r, p, s),
+        "blur_downsample": (x, k, s),
+        "blur_downsample_synthesis": (x, k, s),
+        "transpose_upsample": (r, k, s),
+        "transpose_ones": (k, (h * s, h * s), s),
+    }[spec["hot_spot"]]
+    if grad:
+        for t in inputs:
+            if isinstance(t, torch.Tensor):
+                t.requires_grad_(True)
+
+    def call() -> None:
+        with torch.set_grad_enabled(grad):
+            out = op(*inputs)
+            if grad:
+                out.sum().backward()
+                for t in inputs:
+                    if isinstance(t, torch.Tensor):
+                        t.grad = None
+
+    return call
+
+
+BUILDERS = {
+    "train": _train_callable,
+    "infer": _infer_callable,
+    "synthesis": _synthesis_callable,
+    "hot_spot": _hot_spot_callable,
+}
+
+
+def measure_phase(specs: dict[str, dict[str, Any]], common: dict[str, Any]) -> dict[str, Any]:
+    """Time one phase's variants in this (fresh) process, in turns, then profile each.
+
+    Returns ``{"variants": {name: result}, "matmul_peak": {dtype: FLOP/s}}``; a result holds
+    the timing summary, the tensor memory peak and, for the model phases, FLOPs and the seconds
+    spent in convolutions. The matrix-multiply peak is measured here too, in the same process.
+    """
+    measure.set_threads(common["threads"])
+    device = torch.device(common["device"])
+    fns = {name: BUILDERS[spec["kind"]](spec, device) for name, spec in specs.items()}
+    timings = measure.time_interleaved(fns, device, common["warmup"], common["repeats"])
+    variants = {}
+    for name, spec in specs.items():
+        result = timings[name].summary() | {"memory": measure.profile_call(fns[name], device)}
+        if spec["kind"] in ("train", "infer"):
+            counted = fns[name]
+            if spec["kind"] == "infer":
+                counted = _infer_callable(spec, device, inference_mode=False)
+            flops = measure.count_flops(counted)
+            conv_s = result["memory"].pop("conv_s")
+            result |= {
+                "flops": flops["total"],
+                "conv_flops": flops["conv"],
+                "conv_s": conv_s,
+                "flops_per_s": flops["total"] / result["wall_s"]["median"],
+                "conv_flops_per_s": flops["conv"] / conv_s if conv_s > 0 else math.nan,
+            }
+        else:
+            result["memory"].pop("conv_s")
+        variants[name] = result
+    peaks = {}
+    if common["matmul_peak"]:
+        for dtype in sorted({"float32", common["dtype"]}):
+            peaks[dtype] = measure.matmul_peak(device, DTYPES[dtype])
+    return {"variants": variants, "matmul_peak": peaks}
+
+
+def measure_rss(spec: dict[str, Any]) -> dict[str, Any]:
+    """The resident-set growth of two calls of one variant, in this (fresh) process (CPU)."""
+    measure.set_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    return measure.rss_peak(lambda: BUILDERS[spec["kind"]](spec, device))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
+    """The benchmark image, mod-cropped, blurred by a test kernel, downsampled, 8-bit: 1×3×h×w."""
+    path = resolve_path(cfg.infer.image, resolve_path(cfg.paths.benchmark_dir, cfg.paths.root_dir))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"infer.image: {path} does not exist; name an image under paths.benchmark_dir"
+        )
+    hr = read_image(path).unsqueeze(0)
+    s = cfg.scale
+    hr = hr[..., : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
+    bank, _ = kernels.test_bank(cfg.setting.name, s, dtype=torch.float32)
+    index = cfg.infer.kernel_index
+    if not 0 <= index < len(bank):
+        raise ValueError(f"infer.kernel_index must be in 0…{len(bank) - 1}, got {index}")
+    lr = physics.blur_downsample(hr, bank[index : index + 1], s)
+    return (lr * 255).round().clamp(0, 255) / 255, str(path)
+
+
+PHASES = ("train", "infer", "synthesis", "hot_spots")
+
+
+def _check(cfg: DictConfig) -> None:
+    unknown = set(cfg.phases) - set(PHASES)
+    if unknown or not cfg.phases:
+        raise ValueError(f"phases must be a non-empty list of {list(PHASES)}, got {cfg.phases}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    for key in ("batch", "lr_size", "repeats"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    if int(cfg.model.net.stages) < 1:
+        raise ValueError(f"model.net.stages must be >= 1 to train, got {cfg.model.net.stages}")
+
+
+def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict[str, dict]:
+    """Every phase of the run and its variants: ``{phase: {variant: picklable spec}}``."""
+    p = int(cfg.model.net.kernel_size)
+    if cfg.lr_size * cfg.scale <= p // 2:
+        raise ValueError(f"lr_size={cfg.lr_size} is too small for kernel size {p} at x{cfg.scale}")
+    common = {
+        "device": str(device),
+        "threads": cfg.threads,
+        "seed": int(cfg.seed),
+        "scale": int(cfg.scale),
+        "setting": str(cfg.setting.name),
+        "kernel_size": p,
+        "sigma_range": [float(v) for v in cfg.setting.sigma_range],
+        "noise_max": float(cfg.setting.noise_max),
+        "stages": int(cfg.model.net.stages),
+        "batch": int(cfg.batch),
+        "lr_size": int(cfg.lr_size),
+        "dtype": str(cfg.dtype),
+        "infer_lr": infer_lr,
+    }
+    ours = common | {
+        "formulation": "ours",
+        "checkpoint_stages": bool(cfg.model.net.checkpoint_stages),
+        "channels_last": bool(cfg.model.net.channels_last),
+        "recompute_data_terms": bool(cfg.model.net.recompute_data_terms),
+        "compile": cfg.model.net.compile,
+    }
+    theirs = common | {
+        "formulation": "authors",
+        "checkpoint_stages": False,
+        "channels_last": False,
+        "recompute_data_terms": False,
+        "compile": False,
+        "dtype": "float32",
+    }
+    sides = {"kxnet": ours} | ({"authors": theirs} if cfg.compare.authors else {})
+    phases: dict[str, dict[str, dict]] = {}
+    for phase in ("train", "infer", "synthesis"):
+        if phase in cfg.phases:
+            phases[phase] = {side: spec | {"kind": phase} for side, spec in sides.items()}
+    if "train" in phases and cfg.compare.checkpointing and not cfg.model.net.checkpoint_stages:
+        checkpointed = ours | {"kind": "train", "checkpoint_stages": True}
+        phases["train"] = {
+            "kxnet": phases["train"]["kxnet"],
+            "kxnet_checkpointed": checkpointed,
+        } | phases["train"]
+    if "hot_spots" in cfg.phases:
+        for name in HOT_SPOTS:
+            phases[f"hot_spot/{name}"] = {
+                side: spec | {"kind": "hot_spot", "hot_spot": name, "dtype": "float32"}
+                for side, spec in (("kxnet", ours), ("authors", theirs))
+            }
+    return phases
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def _ratios(results: dict[str, dict]) -> None:
+    """Add to each result of ours its time and memory as a ratio to the authors' (same phase)."""
+    for name, result in results.items():
+        phase, side = name.rsplit("/", 1)
+        theirs = results.get(f"{phase}/authors")
+        if side == "authors" or theirs is None:
+            continue
+        result["vs_authors"] = {
+            "wall_s": _ratio(result["wall_s"]["median"], theirs["wall_s"]["median"]),
+            "cpu_s": _ratio(result["cpu_s"]["median"], theirs["cpu_s"]["median"]),
+            "memory": _ratio(result["memory"]["peak_bytes"], theirs["memory"]["peak_bytes"]),
+        }
+        if "rss" in result and "rss" in theirs:
+            result["vs_authors"]["rss"] = _ratio(result["rss"]["step"], theirs["rss"]["step"])
+
+
+def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
+    """The measured value of each of :data:`TARGETS` (``None`` where not measured)."""
+
+    def vs(name: str, key: str) -> float | None:
+        return results.get(name, {}).get("vs_authors", {}).get(key)
+
+    train = results.get("train/kxnet", {})
+    step = train.get("wall_s", {}).get("median")
+    synthesis = results.get("synthesis/kxnet", {}).get("wall_s", {}).get("median")
+    measured = {
+        "train_time_ratio": vs("train/kxnet", "wall_s"),
+        "train_memory_ratio": None if checkpointed else vs("train/kxnet", "memory"),
+        "train_checkpointed_memory_ratio": vs(
+            "train/kxnet" if checkpointed else "train/kxnet_checkpointed", "memory"
+        ),
+        "infer_time_ratio": vs("infer/kxnet", "wall_s"),
+        "conv_fraction_of_peak": train.get("conv_fraction_of_peak"),
+        "synthesis_fraction_of_step": _ratio(synthesis, step),
+    }
+    targets = {}
+    for key, (label, op, bound) in TARGETS.items():
+        value = measured[key]
+        met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        targets[key] = {"label": label, "value": value, "target": f"{op} {bound}", "met": met}
+    return targets
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "–"
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def format_bytes(n: float | None) -> str:
+    return "–" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def format_ratio(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    return table
+
+
+def _print(report: dict[str, Any], console: Console) -> None:
+    res, cfg, dev = report["results"], report["config"], report["device"]
+    infer = report["infer_input"]
+    shape = "" if infer is None else f" · infer: LR {infer['lr_shape'][-1]}×{infer['lr_shape'][-2]}"
+    title = (
+        f"KXNet x{cfg['scale']}, S={cfg['model']['net']['stages']}, {cfg['setting']['name']}, "
+        f"p={cfg['model']['net']['kernel_size']}, {cfg['dtype']} · train: batch {cfg['batch']}, "
+        f"LR {cfg['lr_size']}×{cfg['lr_size']}{shape} · {dev['name']}, {dev['threads']} threads"
+    )
+    columns = ("task", "time", "spread", "CPU time", "memory", "RSS", "GFLOP", "conv/peak")
+    table = _table(title, columns + ("time ×auth.", "CPU ×auth.", "memory ×auth."))
+    spots = _table(
+        "Hot spots alone, ours against the authors' formulation (float32)",
+        ("operator", "ours", "authors'", "time ×", "CPU ×", "ours memory", "authors'", "memory ×"),
+    )
+    for name, r in res.items():
+        wall, vs = r["wall_s"], r.get("vs_authors", {})
+        ratios = [format_ratio(vs.get(key)) if vs else "" for key in ("wall_s", "cpu_s", "memory")]
+        if name.startswith("hot_spot/"):
+            if not name.endswith("/kxnet"):
+                continue
+            theirs = res[name.replace("/kxnet", "/authors")]
+            spots.add_row(
+                HOT_SPOTS[name.split("/")[1]][0],
+                format_seconds(wall["median"]),
+                format_seconds(theirs["wall_s"]["median"]),
+                *ratios[:2],
+                format_bytes(r["memory"]["peak_bytes"]),
+                format_bytes(theirs["memory"]["peak_bytes"]),
+                ratios[2],
+            )
+            continue
+        table.add_row(
+            name,
+            format_seconds(wall["median"]),
+            f"±{(wall['max'] - wall['min']) / 2 / wall['median']:.0%}",
+            format_seconds(r["cpu_s"]["median"]),
+            format_bytes(r["memory"]["peak_bytes"]),
+            format_bytes(r["rss"]["step"]) if "rss" in r else "–",
+            f"{r['flops'] / 1e9:.1f}" if "flops" in r else "–",
+            f"{r['conv_fraction_of_peak']:.0%}" if "conv_fraction_of_peak" in r else "–",
+            *ratios,
+        )
+    console.print(table)
+    if any(name.startswith("hot_spot/") for name in res):
+        console.print(spots)
+    peaks = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in report["matmul_peak_flops_per_s"].items())
+    goals = _table(f"Targets (matmul peak GFLOP/s: {peaks})", ("target", "measured", "goal", "met"))
+    for t in report["targets"].values():
+        value = "–" if t["value"] is None else f"{t['value']:.3f}"
+        met = {True: "yes", False: "no", None: "–"}[t["met"]]
+        goals.add_row(t["label"], value, t["target"], met)
+    console.print(goals)
+
+
+def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+    """Measure the configuration ``cfg`` (the ``bench`` config); returns the JSON report."""
+    console = console or Console()
+    _check(cfg)
+    device = check_device(str(cfg.device), "device")
+    infer_lr, image = _infer_input(cfg) if "infer" in cfg.phases else (None, None)
+    phases = _plan(cfg, device, infer_lr)
+    results: dict[str, dict] = {}
+    peak: dict[str, float] = {}
+    for phase, specs in phases.items():
+        hot = phase.startswith("hot_spot/")
+        reps = cfg.hot_spots if hot else cfg
+        common = {
+            "device": str(device),
+            "threads": cfg.threads,
+            "dtype": str(cfg.dtype),
+            "warmup": int(reps.warmup),
+            "repeats": int(reps.repeats),
+            "matmul_peak": not peak and phase in ("train", "infer"),
+        }
+        console.log(f"timing {phase}: {', '.join(specs)}")
+        out = measure.run_isolated(measure_phase, specs, common)
+        peak |= out["matmul_peak"]
+        for side, result in out["variants"].items():
+            if device.type == "cpu" and cfg.rss:
+                console.log(f"resident memory of {phase}/{side}")
+                result["rss"] = measure.run_isolated(measure_rss, specs[side])
+            results[f"{phase}/{side}"] = result
+    for name, result in results.items():
+        if "conv_flops_per_s" in result:
+            rate = peak["float32" if name.endswith("/authors") else str(cfg.dtype)]
+            result["conv_fraction_of_peak"] = result["conv_flops_per_s"] / rate
+    _ratios(results)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    report = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "device": {
+            "type": device.type,
+            "name": name,
+            "threads": cfg.threads or torch.get_num_threads(),
+        },
+        "torch": torch.__version__,
+        "infer_input": image and {"image": image, "lr_shape": list(infer_lr.shape)},
+        "matmul_peak_flops_per_s": peak,
+        "results": results,
+        "targets": _targets(results, bool(cfg.model.net.checkpoint_stages)),
+    }
+    _print(report, console)
+    return report

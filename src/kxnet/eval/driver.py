@@ -1,0 +1,348 @@
+"""The one evaluation driver: ``python -m kxnet.eval`` and the end of a training run use it.
+
+:func:`run_evaluation` measures one model on benchmark sets (:func:`~kxnet.eval.evaluation.
+evaluate`) and writes the run's files into a folder (``results.json``, ``table.md``, the CSVs of
+:func:`~kxnet.eval.report.run_files`), all of them or none; :func:`evaluate_beside_bicubic` does
+that for a trained network and for bicubic, writes pictures of the first kernel of every image,
+and returns the two side by side as a table.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from kxnet.atomic import atomic_path
+from kxnet.checkpoint import CONFIG_KEYS, load_model
+from kxnet.checks import (
+    asked_properties,
+    check_benchmarks,
+    check_device,
+    check_writable,
+    positive_int,
+)
+from kxnet.config import resolve_path
+from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
+from kxnet.errors import EvalError, KXNetError, report_error
+from kxnet.eval import report
+from kxnet.eval.evaluation import (
+    check_true_kernel,
+    device_name,
+    evaluate,
+    method_name,
+    summarize,
+)
+from kxnet.nn import KXNet
+from kxnet.pictures import comparison_strip, kernel_strip
+
+__all__ = [
+    "EvalOptions",
+    "EvalPlan",
+    "build_model",
+    "run",
+    "run_evaluation",
+    "comparison_table",
+    "save_pictures",
+    "evaluate_beside_bicubic",
+]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a model is evaluated (the ``eval`` block of the configs).
+
+    datasets: benchmark sets (None: the paper's four, those missing skipped); noise: noise
+    levels (None: the setting's); true_kernel: X-net gets the true kernel; method: the row name
+    (None: from the model); warmup: untimed passes before each set; progress: a bar per set.
+    """
+
+    datasets: tuple[str, ...] | None = None
+    noise: tuple[float, ...] | None = None
+    device: str = "auto"
+    num_workers: int = 0
+    warmup: int = 0
+    true_kernel: bool = False
+    method: str | None = None
+    progress: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> EvalOptions:
+        """The options of an ``eval`` config block; unknown keys are ignored."""
+
+        def listed(key: str, kind: Callable) -> tuple | None:
+            value = cfg.get(key)
+            return None if value is None else tuple(kind(v) for v in value)
+
+        return cls(
+            datasets=listed("datasets", str),
+            noise=listed("noise", float),
+            device=str(cfg.get("device") or "auto"),
+            num_workers=positive_int(cfg.get("num_workers", 0), "eval.num_workers", 0),
+            warmup=positive_int(cfg.get("warmup", 0), "eval.warmup", 0),
+            true_kernel=bool(cfg.get("true_kernel", False)),
+            method=cfg.get("method"),
+            progress=bool(cfg.get("progress", False)),
+        )
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """An evaluation checked at start-up: its options, device and benchmark sets."""
+
+    options: EvalOptions
+    device: torch.device
+    benchmark_dir: Path
+    cache_dir: Path
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> EvalPlan:
+        """Check ``cfg.eval`` and ``cfg.paths``: the device, the benchmark sets, the cache."""
+        options = EvalOptions.from_config(cfg.eval)
+        device = check_device(options.device, "eval.device")
+        benchmark_dir = resolve_path(cfg.paths.benchmark_dir)
+        names = check_benchmarks(benchmark_dir, options.datasets, "eval.datasets")
+        cache_dir = check_writable(resolve_path(cfg.paths.cache_dir), "paths.cache_dir")
+        return cls(options, device, benchmark_dir, cache_dir, tuple(names))
+
+    def sets(self, model: KXNet) -> list[BenchmarkSet]:
+        """The test sets of the model's setting and scale (LR images generated into the cache)."""
+        noise = None if self.options.noise is None else list(self.options.noise)
+        try:
+            return [
+                BenchmarkSet(
+                    self.benchmark_dir, n, model.setting, model.scale, noise, self.cache_dir
+                )
+                for n in self.names
+            ]
+        except (ValueError, OSError) as err:
+            raise EvalError(
+                f"{err} (eval.noise={noise}, paths.benchmark_dir={self.benchmark_dir})"
+            ) from err
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("PSNR-Y {task.fields[psnr]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _records(
+    model: KXNet,
+    sets: Sequence[BenchmarkSet],
+    device: torch.device,
+    options: EvalOptions,
+    console: Console | None,
+) -> list[dict]:
+    records: list[dict] = []
+    progress = _progress(console or Console(stderr=True)) if options.progress else None
+    with progress or nullcontext():
+        for dataset in sets:
+            advance = None
+            if progress is not None:
+                task = progress.add_task(dataset.name, total=len(dataset), psnr="–")
+                done: list[float] = []
+
+                def advance(record: dict, task=task, done=done) -> None:
+                    done.append(record["psnr_y"])
+                    progress.update(task, advance=1, psnr=f"{sum(done) / len(done):.2f}")
+
+            records += evaluate(
+                model,
+                dataset,
+                device,
+                options.num_workers,
+                true_kernel=options.true_kernel,
+                warmup=options.warmup,
+                on_record=advance,
+            )
+    return records
+
+
+def run_evaluation(
+    model: KXNet,
+    sets: Sequence[BenchmarkSet],
+    device: torch.device,
+    output_dir: str | os.PathLike,
+    options: EvalOptions,
+    *,
+    ckpt_path: str | None = None,
+    command: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``sets`` and write the run's files into ``output_dir`` (all or
+    none); returns the results payload (what ``results.json`` holds)."""
+    records = _records(model, sets, device, options, console)
+    payload = {
+        "protocol": PROTOCOL_VERSION,
+        "method": options.method or method_name(model, options.true_kernel),
+        "config": {
+            "scale": model.scale,
+            "stages": model.num_stages,
+            "kernel_size": model.kernel_size,
+            "setting": model.setting,
+            "parameters": model.paper_parameter_count(),
+            "ckpt_path": ckpt_path,
+            "true_kernel": options.true_kernel,
+        },
+        "noise": list(sets[0].noise) if sets else [],
+        "device": device_name(device),
+        "command": command,
+        "eval": asdict(options),
+        "summary": summarize(records),
+        "records": records,
+    }
+    report.write_files(output_dir, report.run_files(payload))
+    return payload
+
+
+def comparison_table(trained: Sequence[dict], bicubic: Sequence[dict], stages: int) -> str:
+    """Per (setting, scale, noise, dataset): bicubic and the trained network, and the gain."""
+    base = {(s["setting"], s["scale"], s["noise"], s["dataset"]): s for s in bicubic}
+    lines = [f"{'':32s} {'PSNR-Y':>8s} {'SSIM-Y':>8s}"]
+    for row in trained:
+        key = (row["setting"], row["scale"], row["noise"], row["dataset"])
+        setting = report.SETTING_NAMES.get(row["setting"], row["setting"])
+        lines.append(f"{row['dataset']} x{row['scale']} {setting}, noise {row['noise']:g}:")
+        if key in base:
+            b = base[key]
+            lines.append(f"  {'bicubic':30s} {b['psnr_y']:8.2f} {b['ssim_y']:8.4f}")
+        gain = f"   {row['psnr_y'] - base[key]['psnr_y']:+.2f} dB" if key in base else ""
+        name = f"KXNet (this run, S = {stages})"
+        lines.append(f"  {name:30s} {row['psnr_y']:8.2f} {row['ssim_y']:8.4f}{gain}")
+    return "\n".join(lines)
+
+
+def _save_png(path: Path, picture: torch.Tensor) -> None:
+    array = (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+@torch.inference_mode()
+def save_pictures(
+    net: KXNet, dataset: BenchmarkSet, folder: Path, device: torch.device
+) -> list[Path]:
+    """For the first kernel of every image (at the first noise level): LR, bicubic, SR and HR
+    side by side, and the kernel of every stage beside the true one; returns the files."""
+    written = []
+    for index, (_, noise, kernel_index) in enumerate(dataset.items):
+        if kernel_index != 0 or noise != dataset.noise[0]:
+            continue
+        item = dataset[index]
+        output = net(item["lr"][None].to(device))
+        stem = folder / f"{item['dataset']}_{item['image']}_k{kernel_index}_noise{noise:g}"
+        strip = comparison_strip(item["lr"], output.images[0][0], output.sr[0], item["hr"])
+        kernels_row = kernel_strip([k[0] for k in output.kernels], item["kernel"])
+        for path, picture in (
+            (Path(f"{stem}.png"), strip),
+            (Path(f"{stem}_kernels.png"), kernels_row),
+        ):
+            _save_png(path, picture)
+            written.append(path)
+    return written
+
+
+def evaluate_beside_bicubic(
+    net: KXNet, plan: EvalPlan, output_dir: str | os.PathLike
+) -> tuple[str, dict[str, dict]]:
+    """``net`` and bicubic (S = 0, same scale, setting and kernel size) as ``plan`` says: the
+    results of ``net`` in ``output_dir``, bicubic's in ``output_dir/bicubic``, pictures in
+    ``output_dir/pictures``. Returns the comparison table and both payloads."""
+    out = Path(output_dir)
+    bicubic = KXNet(scale=net.scale, stages=0, kernel_size=net.kernel_size, setting=net.setting)
+    sets, device = plan.sets(net), plan.device
+    payloads = {
+        "kxnet": run_evaluation(net, sets, device, out, plan.options),
+        "bicubic": run_evaluation(
+            bicubic, sets, device, out / "bicubic", replace(plan.options, method=None)
+        ),
+    }
+    for dataset in sets:
+        save_pictures(net.to(device), dataset, out / "pictures", device)
+    table = comparison_table(
+        payloads["kxnet"]["summary"], payloads["bicubic"]["summary"], net.num_stages
+    )
+    return table, payloads
+
+
+def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
+    """The checkpoint properties set on the command line or named in ``eval.require``."""
+    required = list(cfg.eval.get("require") or [])
+    unknown = [name for name in required if name not in CONFIG_KEYS]
+    if unknown:
+        raise EvalError(
+            f"eval.require={required} names {', '.join(unknown)}: use scale, setting, stages "
+            "or kernel_size"
+        )
+    return asked_properties(cfg, overrides, required)
+
+
+def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") -> KXNet:
+    """The network of ``ckpt_path`` (checked against the command line), or bicubic for
+    ``model.net.stages=0`` without a checkpoint; raises CheckpointError or EvalError."""
+    net = cfg.model.net
+    if cfg.get("ckpt_path"):
+        path = resolve_path(cfg.ckpt_path)
+        return load_model(path, map_location=device, **_asked(cfg, overrides))
+    if net.stages != 0:
+        raise EvalError(
+            f"model.net.stages={net.stages} without ckpt_path would evaluate an untrained "
+            "network: pass ckpt_path=… or set model.net.stages=0 for the bicubic baseline"
+        )
+    return KXNet(cfg.scale, 0, kernel_size=net.kernel_size, setting=cfg.setting.name)
+
+
+def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
+    """Check everything that can be checked, evaluate, write the tables; the exit status."""
+    console = Console(stderr=True)
+    try:
+        plan = EvalPlan.from_config(cfg)
+        options, device = plan.options, plan.device
+        model = build_model(cfg, overrides, device)
+        if options.true_kernel:
+            check_true_kernel(model, model.setting, model.scale)
+        output_dir = check_writable(resolve_path(cfg.paths.output_dir), "paths.output_dir")
+        sets = plan.sets(model)
+    except KXNetError as err:
+        return report_error(err)
+    method = options.method or method_name(model, options.true_kernel)
+    console.print(
+        f"Evaluating {method}: {model.setting} x{model.scale}, "
+        f"{model.num_stages} stages, on {', '.join(plan.names)} at noise "
+        f"{', '.join(f'{n:g}' for n in sets[0].noise)} ({device})",
+        markup=False,
+    )
+    ckpt = str(resolve_path(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    command = shlex.join(["python", "-m", "kxnet.eval", *overrides])
+    payload = run_evaluation(
+        model, sets, device, output_dir, options, ckpt_path=ckpt, command=command, console=console
+    )
+    print(report.results_markdown(report.result_rows(payload)), flush=True)
+    written = ", ".join(report.run_files(payload))
+    print(f"Wrote {written} to {output_dir}", flush=True)
+    return 0

@@ -1,0 +1,136 @@
+"""Start-up checks of ``python -m kxnet.train``: a run that cannot succeed is refused before it
+spends any GPU time.
+
+:func:`check_train` runs every check that needs no data to be read; :func:`check_training_data`
+then reads the training images' headers (through the data module, so that the scan is the one
+training uses). Each raises :class:`~kxnet.errors.StartupError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kxnet.checkpoint import CONFIG_KEYS, OPTIONS, lightning_net_config, read_checkpoint
+from kxnet.checks import (
+    check_benchmarks,
+    check_device,
+    check_model,
+    check_scale_setting,
+    check_writable,
+    positive_int,
+)
+from kxnet.config import resolve_path
+from kxnet.errors import CheckpointError, StartupError
+
+__all__ = ["check_resume", "check_train", "check_training_data"]
+
+
+def check_resume(
+    path: str | os.PathLike, model: Mapping[str, Any], option: str = "ckpt_path"
+) -> Mapping[str, Any]:
+    """A Lightning checkpoint of :class:`~kxnet.train.module.KXNetModule` to resume training from,
+    trained with the same scale, setting, stages and kernel size as ``model``; returns it."""
+    path = Path(os.path.expanduser(str(path))).absolute()
+    if not path.is_file():
+        raise StartupError(
+            f"{option}={path} does not exist: pass the last.ckpt (or another .ckpt) under a "
+            "run's checkpoints/ folder, or leave it out to start afresh"
+        )
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as err:
+        raise StartupError(f"{option}={err}") from err
+    if not isinstance(ckpt, Mapping):
+        raise StartupError(f"{option}={path} holds a {type(ckpt).__name__}, not a checkpoint")
+    if ckpt.get("format") is not None or "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise StartupError(
+            f"{option}={path} is not a training checkpoint (no optimiser and loop states; "
+            "exported weights cannot resume a run): pass <run folder>/checkpoints/last.ckpt"
+        )
+    saved = lightning_net_config(ckpt)
+    if saved is None:
+        raise StartupError(
+            f"{option}={path} has no hyper_parameters['net']: it was not saved by "
+            "kxnet.train.module.KXNetModule"
+        )
+    for key, option_name in OPTIONS.items():
+        if saved.get(key) != model.get(key):
+            raise StartupError(
+                f"{option}={path} was trained with {option_name}={saved.get(key)} but "
+                f"{option_name}={model.get(key)} is configured: set {option_name}="
+                f"{saved.get(key)} to resume it, or start without {option}"
+            )
+    return ckpt
+
+
+def _value(cfg: DictConfig, key: str, option: str) -> Any:
+    """A config value, resolved; an interpolation that fails is a start-up error."""
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ or err
+        message = str(cause).split("\n")[0]
+        raise StartupError(f"{option} cannot be resolved ({message})") from err
+
+
+def _checkpoint_dirs(cfg: DictConfig) -> list[tuple[str, Any]]:
+    callbacks = cfg.get("callbacks") or {}
+    return [
+        (f"callbacks.{name}.dirpath", entry.dirpath)
+        for name, entry in callbacks.items()
+        if entry and entry.get("dirpath")
+    ]
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Everything ``python -m kxnet.train`` can check without reading data: the model and
+    patch sizes, the folders it writes, the checkpoint it resumes, the benchmark sets."""
+    check_scale_setting(_value(cfg, "scale", "scale"), _value(cfg, "setting.name", "setting"))
+    model = {key: _value(cfg, f"model.net.{key}", OPTIONS[key]) for key in CONFIG_KEYS}
+    check_model(**model)
+    training = model["stages"] > 0
+    if training:
+        check_model(**model, lr_patch_size=_value(cfg, "data.lr_patch_size", "data"))
+        data_p = _value(cfg, "data.kernel_size", "setting.kernel_size")
+        if data_p not in (None, model["kernel_size"]):
+            raise StartupError(
+                f"model.net.kernel_size={model['kernel_size']} differs from the training kernels' "
+                f"setting.kernel_size={data_p}: set setting.kernel_size={model['kernel_size']} "
+                "too, or leave model.net.kernel_size to follow the setting"
+            )
+        positive_int(_value(cfg, "data.batch_size", "data.batch_size"), "data.batch_size")
+    check_writable(_value(cfg, "paths.output_dir", "paths.output_dir"), "paths.output_dir")
+    for option, folder in _checkpoint_dirs(cfg) if training else []:
+        check_writable(folder, option)
+    check_writable(resolve_path(_value(cfg, "paths.cache_dir", "paths")), "paths.cache_dir")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and training:
+        check_resume(ckpt_path, model)
+    benchmarks = resolve_path(_value(cfg, "data.benchmark_dir", "paths.benchmark_dir"))
+    validating = _value(cfg, "trainer.limit_val_batches", "trainer") != 0
+    if training and validating and cfg.data.val_datasets:
+        check_benchmarks(benchmarks, list(cfg.data.val_datasets), "data.val_datasets")
+    if cfg.get("eval"):
+        check_device(str(cfg.eval.get("device") or "auto"), "eval.device")
+    if cfg.get("test"):
+        names = cfg.data.test_datasets
+        check_benchmarks(benchmarks, None if names is None else list(names), "data.test_datasets")
+
+
+def check_training_data(datamodule: Any) -> None:
+    """Read the training images' headers (the data module's own scan, kept for training) and
+    check that an epoch holds at least one batch."""
+    train_set = datamodule.load_train_set()
+    batch = datamodule.hparams.batch_size
+    if len(train_set) < batch:
+        raise StartupError(
+            f"data.batch_size={batch} is more than the {len(train_set)} patches of an epoch "
+            f"({len(train_set.images)} images under {train_set.root}): lower data.batch_size, "
+            "raise data.repeat or data.samples_per_epoch, or add images"
+        )
