@@ -28,9 +28,21 @@ def test_batch_shapes_and_ranges_for_every_setting_and_scale(setting, scale):
     if setting == "iso":
         assert (out["noise"] == 0).all()
         expected = physics.blur_downsample(out["hr"], out["kernel"], scale).clamp(0, 1)
-        torch.testing.assert_close(out["lr"], expected)
+        torch.testing.assert_close(out["lr"], (expected * 255).round() / 255)
     else:
         assert (out["noise"] > 0).all() and (out["noise"] <= 25).all()
+
+
+@pytest.mark.parametrize("setting", ["iso", "aniso"])
+def test_training_lr_is_on_the_8_bit_grid_after_noise_and_clamp(setting):
+    draw = step_generator(5, 0, 3, "cpu")
+    out = Degradation(setting, 2)(_hr(4, 48), draw)
+    levels = out["lr"] * 255
+    assert torch.equal(levels, levels.round()) and levels.unique().numel() > 50
+    raw = Degradation(setting, 2, quantize=False)(_hr(4, 48), step_generator(5, 0, 3, "cpu"))
+    assert not torch.equal(raw["lr"] * 255, (raw["lr"] * 255).round())
+    torch.testing.assert_close(out["lr"], (raw["lr"] * 255).round() / 255, rtol=0, atol=0)
+    torch.testing.assert_close(out["kernel"], raw["kernel"], rtol=0, atol=0)
 
 
 def test_setting2_x4_paper_sizes_lr64_from_hr256_kernels21_noise_up_to_25():
@@ -43,7 +55,7 @@ def test_setting2_x4_paper_sizes_lr64_from_hr256_kernels21_noise_up_to_25():
 def test_noise_std_is_within_5_percent_of_the_drawn_level():
     # A flat image stays flat under any normalised blur, so LR − 0.5 is the noise alone.
     hr = torch.full((32, 3, 256, 256), 0.5)
-    out = Degradation("aniso", 4)(hr, step_generator(1, 0, 0, "cpu"))
+    out = Degradation("aniso", 4, quantize=False)(hr, step_generator(1, 0, 0, "cpu"))
     std = (out["lr"] - 0.5).flatten(1).std(dim=1) * 255
     ratio = std / out["noise"]
     assert out["noise"].min() < 5 and out["noise"].max() > 20  # the draw spans U[0, 25]

@@ -39,10 +39,13 @@ class Degradation(nn.Module):
         sigma_range: range of σ (iso) or of σx and σy (aniso); defaults to SPEC §2.
         noise_max: noise σ is drawn from U[0, noise_max] per sample, in 0–255 units; defaults to
             0 for "iso" and 25 for "aniso".
+        quantize: round the LR image to 8 bit after the noise and the clamp, as the authors'
+            training does (``round(255·LR)/255``) and as the test sets are (SPEC §5).
 
     ``forward(hr, generator)`` with hr B×3×H×W (H, W multiples of s) returns the training batch
     ``{"lr": B×3×(H/s)×(W/s), "hr", "kernel": B×p×p, "kernel_params": B×3 (σx, σy, θ; iso: σ, σ,
-    0), "noise": B}`` on hr's device. LR is clamped to [0, 1] and not quantised.
+    0), "noise": B}`` on hr's device. LR is clamped to [0, 1] and, with ``quantize``, on the 8-bit
+    grid.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Degradation(nn.Module):
         kernel_size: int | None = None,
         sigma_range: Sequence[float] | None = None,
         noise_max: float | None = None,
+        quantize: bool = True,
     ) -> None:
         super().__init__()
         self.setting = str(setting)
@@ -73,11 +77,12 @@ class Degradation(nn.Module):
         if noise_max < 0:
             raise ValueError(f"noise_max must be >= 0, got {noise_max}")
         self.noise_max = float(noise_max)
+        self.quantize = bool(quantize)
 
     def extra_repr(self) -> str:
         return (
             f"setting={self.setting}, scale={self.scale}, kernel_size={self.kernel_size}, "
-            f"sigma_range={self.sigma_range}, noise_max={self.noise_max}"
+            f"sigma_range={self.sigma_range}, noise_max={self.noise_max}, quantize={self.quantize}"
         )
 
     def sample_kernels(
@@ -105,8 +110,11 @@ class Degradation(nn.Module):
             )
             eps = torch.randn(lr.shape, generator=generator, device=hr.device, dtype=dtype)
             lr = lr + eps * (noise / 255.0).view(-1, 1, 1, 1)
+        lr = lr.clamp(0.0, 1.0)
+        if self.quantize:
+            lr = lr.mul(255.0).round_().div_(255.0)
         return {
-            "lr": lr.clamp(0.0, 1.0),
+            "lr": lr,
             "hr": hr,
             "kernel": k,
             "kernel_params": params,
