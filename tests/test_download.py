@@ -119,6 +119,7 @@ def _spec(server, archive=ARCHIVE, name="DIV2K_train_HR.zip", **changes):
         sha256=hashlib.sha256(archive).hexdigest(),
         member_dir="DIV2K_train_HR",
         names=NAMES,
+        folder="DIV2K",
     )
     return dataclasses.replace(spec, **changes)
 
@@ -290,7 +291,7 @@ def test_cli_download_prints_where_and_the_override(server, tmp_path, monkeypatc
     assert main(["download", "--root", str(tmp_path), "--sets", "div2k"]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'DIV2K_Flickr2K' / 'DIV2K'}" in out and "3 images" in out
-    assert f"paths.train_dir={tmp_path / 'DIV2K_Flickr2K'}" in out
+    assert f"prepare {tmp_path / 'DIV2K_Flickr2K'} {tmp_path / 'DIV2K_Flickr2K_prepared'}" in out
 
 
 def test_cli_failure_is_one_line_and_nonzero(server, tmp_path, monkeypatch, capsys):

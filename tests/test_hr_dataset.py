@@ -36,8 +36,9 @@ def test_patches_have_the_requested_shape_and_range(folder):
     assert len(ds) == 6
     item = ds[3]
     assert set(item) == {"hr"}
-    assert item["hr"].shape == (3, 32, 32) and item["hr"].dtype == torch.float32
-    assert 0.0 <= item["hr"].min() and item["hr"].max() <= 1.0
+    # 8-bit images give uint8 patches (the device converts them to [0, 1])
+    assert item["hr"].shape == (3, 32, 32) and item["hr"].dtype == torch.uint8
+    assert item["hr"].is_contiguous()
 
 
 @pytest.mark.parametrize("patch_size", [0, -4, 2.5, True])
@@ -50,7 +51,7 @@ def test_patch_is_a_crop_of_one_image(folder):
     ds = HRImageFolder(folder, 24, augment=False, seed=3)
     images = [torch.from_numpy(_noise(40, 56, seed=k)).permute(2, 0, 1) for k in range(6)]
     for i in range(6):
-        patch = (ds[i]["hr"] * 255).round().to(torch.uint8)
+        patch = ds[i]["hr"]
         hits = [
             (k, t, left)
             for k, img in enumerate(images)
@@ -72,7 +73,7 @@ def test_all_eight_dihedral_transforms_occur_and_nothing_else(tmp_path):
             expected[(np.fliplr(t) if flip else t).tobytes()] = (k, flip)
     seen = set()
     for i in range(200):
-        out = (ds[i]["hr"] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        out = ds[i]["hr"].permute(1, 2, 0).numpy()
         assert out.tobytes() in expected
         seen.add(expected[out.tobytes()])
     assert len(expected) == 8 and len(seen) == 8
@@ -92,8 +93,7 @@ def test_same_seed_repeats_other_seed_or_epoch_differs(folder):
 
 def _image_of(ds, patch, images):
     """Which image a non-augmented patch comes from (the images are constant colours)."""
-    colour = (patch[:, 0, 0] * 255).round().to(torch.uint8)
-    return images.index(tuple(colour.tolist()))
+    return images.index(tuple(patch[:, 0, 0].tolist()))
 
 
 def test_each_round_visits_every_image_once(tmp_path):
@@ -169,12 +169,12 @@ def test_empty_folder_is_refused_with_the_fix(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ImageFolderError, match="no image files") as err:
         HRImageFolder(tmp_path / "empty", 16)
-    assert "paths.train_dir" in str(err.value) and "python -m kxnet.data download" in str(err.value)
+    assert "paths.train_dir" in str(err.value) and "make data" in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_missing_folder_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(ImageFolderError, match="does not exist: set paths.train_dir"):
+    with pytest.raises(ImageFolderError, match="does not exist: fetch and prepare DIV2K .*make data.* or set paths.train_dir"):
         HRImageFolder(tmp_path / "nowhere", 16)
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(ImageFolderError, match="is not a folder"):

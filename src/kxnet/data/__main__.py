@@ -2,6 +2,7 @@
 
 python -m kxnet.data download [--root data/full] [--sets div2k flickr2k] [--from DIR]
 python -m kxnet.data download --sets benchmarks --from DIR
+python -m kxnet.data prepare SRC DEST        # each image of SRC decoded once, stored raw in DEST
 python -m kxnet.data check DIR [--patch-size 256] [--check verify] [--bench 200]
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from kxnet.config import resolve_path
 from kxnet.data.download import (
     BENCHMARK_SETS,
+    PREPARED_FOLDER,
     TRAIN_FOLDER,
     TRAIN_SETS,
     install_train_set,
@@ -64,7 +66,7 @@ def download(args: argparse.Namespace) -> None:
             args.retries,
             args.threads,
         )
-        lines.append(f"  {spec.title:<9} {count:>5} images  {folder}  ({how})")
+        lines.append(f"  {spec.folder:<11} {count:>5} images  {folder}  ({how})")
     if benchmarks:
         source = _path(args.source)
         print("benchmarks:")
@@ -76,9 +78,24 @@ def download(args: argparse.Namespace) -> None:
     print("ready:")
     print("\n".join(lines))
     if any(k in TRAIN_SETS for k in keys):
-        print(f"train with:    paths.train_dir={root / TRAIN_FOLDER}")
+        print(
+            f"prepare with:  python -m kxnet.data prepare {root / TRAIN_FOLDER} "
+            f"{root / PREPARED_FOLDER}   (make data does it)"
+        )
     if benchmarks:
         print(f"evaluate with: paths.benchmark_dir={_path(args.source)}")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    from kxnet.data.prepared import prepare_folder
+
+    source, dest = _path(args.source), _path(args.dest)
+    start = time.perf_counter()
+    done, kept = prepare_folder(source, dest)
+    took = time.perf_counter() - start
+    total = done + kept
+    print(f"{total} images of {source} prepared in {dest} ({done} now, {kept} kept, {took:.0f} s)")
+    print(f"train with:    paths.train_dir={dest}")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -129,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["train"],
         choices=CHOICES,
-        help="train = div2k flickr2k (default); benchmarks = set5 set14 bsd100 urban100",
+        help="train = div2k flickr2k div2k_valid (default); benchmarks = set5 set14 bsd100 "
+        "urban100",
     )
     dl.add_argument(
         "--from",
@@ -140,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--retries", type=int, default=3, help="retries of a broken transfer")
     dl.add_argument("--threads", type=int, default=None, help="threads checking images")
     dl.set_defaults(run=download)
+    pr = sub.add_parser(
+        "prepare", help="decode every image of a training folder once into raw arrays (resumable)"
+    )
+    pr.add_argument("source", metavar="SRC", help="folder of HR training images (recursive)")
+    pr.add_argument("dest", metavar="DEST", help="the prepared folder (created; outside SRC)")
+    pr.set_defaults(run=prepare)
     ck = sub.add_parser("check", help="check a folder of training images (and time it)")
     ck.add_argument("folder")
     ck.add_argument("--patch-size", type=int, default=256, help="HR patch (scale × LR patch)")

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kxnet import kernels, physics
+from kxnet.atomic import atomic_path, atomic_write
 from kxnet.data.images import list_images, read_image
 
 __all__ = [
@@ -94,16 +95,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _noise_tag(noise: float) -> str:
     return f"n{float(noise):g}"
 
@@ -113,12 +104,16 @@ class BenchmarkSet(Dataset):
 
     Args:
         benchmark_dir: folder holding ``<name>/`` with the HR images.
-        name: the dataset, e.g. "Set5" (any sub-folder name works).
+        name: the dataset, e.g. "Set5" (any sub-folder name works); with ``files``, a label.
         setting: "iso" (Gaussian8) or "aniso" (Setting 2 kernels).
         scale: 2, 3 or 4.
         noise: noise levels σ (0–255 units); ``None`` takes :func:`default_noise`.
         cache_dir: where the LR images and manifest live; missing or stale entries are
             generated on construction.
+        files: the HR image files, instead of the images of ``<benchmark_dir>/<name>/`` (a
+            validation set: the first DIV2K validation images, or images held out of training).
+        one_kernel: degrade image i with kernel i mod 8 only (one item per image and noise
+            level, as the authors validate), instead of with every kernel of the bank.
 
     An item is ``{"lr": 3×h×w (8-bit values), "hr": 3×H×W (mod-cropped), "kernel": p×p,
     "dataset": str, "image": str (file stem), "kernel_index": int, "noise": 0-d tensor}``;
@@ -134,6 +129,8 @@ class BenchmarkSet(Dataset):
         scale: int,
         noise: Sequence[float] | None = None,
         cache_dir: str | os.PathLike = ".cache/benchmarks",
+        files: Sequence[str | os.PathLike] | None = None,
+        one_kernel: bool = False,
     ) -> None:
         self.name, self.setting, self.scale = str(name), str(setting), int(scale)
         self.noise = tuple(
@@ -144,20 +141,28 @@ class BenchmarkSet(Dataset):
         bank, params = kernels.test_bank(self.setting, self.scale)
         self.kernels, self.kernel_params = bank.float(), params
         self.hr_dir = Path(benchmark_dir) / self.name
-        if not self.hr_dir.is_dir():
+        if files is not None:
+            self.files = [Path(f) for f in files]
+        elif not self.hr_dir.is_dir():
             raise FileNotFoundError(
                 f"benchmark folder {self.hr_dir} does not exist: put the HR images of "
                 f"{self.name} there or set paths.benchmark_dir"
             )
-        self.files = list_images(self.hr_dir)
+        else:
+            self.files = list_images(self.hr_dir)
         if not self.files:
-            raise FileNotFoundError(f"benchmark folder {self.hr_dir} holds no images")
+            raise FileNotFoundError(f"benchmark set {self.name} holds no images ({self.hr_dir})")
         stems = [p.stem for p in self.files]
         if len(set(stems)) != len(stems):
-            raise ValueError(f"benchmark folder {self.hr_dir} has two images with one file stem")
+            raise ValueError(f"benchmark set {self.name} has two images with one file stem")
+        self.one_kernel = bool(one_kernel)
         self.cache = Path(cache_dir) / self.name / f"{self.setting}_x{self.scale}"
+        count = len(bank)
         self.items = [
-            (i, n, k) for i in range(len(self.files)) for n in self.noise for k in range(len(bank))
+            (i, n, k)
+            for i in range(len(self.files))
+            for n in self.noise
+            for k in ([i % count] if self.one_kernel else range(count))
         ]
         self._hr = (-1, None)
         self._ensure_cache()
@@ -178,6 +183,7 @@ class BenchmarkSet(Dataset):
             "kernels": self.kernel_params,
             "noise_seed": NOISE_SEED,
             "quantization": "uint8",
+            **({"one_kernel": True} if self.one_kernel else {}),
             "images": hashes,
         }
 
@@ -227,23 +233,18 @@ class BenchmarkSet(Dataset):
             missing,
             self.cache,
         )
+        count = len(self.kernels)
         for i, path in enumerate(self.files):
             hr = mod_crop(read_image(path), self.scale)
+            indices = [i % count] if self.one_kernel else list(range(count))
             for n in missing:
-                seeds = [noise_seed(self.name, path.stem, k, n) for k in range(len(self.kernels))]
-                lr = degrade(hr, self.kernels, self.scale, n, seeds)
-                for k, image in enumerate(lr.permute(0, 2, 3, 1).numpy()):
-                    _write_atomic(
-                        self.lr_path(i, k, n),
-                        lambda f, a=image: Image.fromarray(a).save(
-                            f, format="PNG", compress_level=1
-                        ),
-                    )
+                seeds = [noise_seed(self.name, path.stem, k, n) for k in indices]
+                lr = degrade(hr, self.kernels[indices], self.scale, n, seeds)
+                for k, image in zip(indices, lr.permute(0, 2, 3, 1).numpy(), strict=True):
+                    with atomic_path(self.lr_path(i, k, n)) as tmp:
+                        Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
         manifest = {**expected, "noise": sorted(set(done) | set(missing))}
-        _write_atomic(
-            self.cache / "manifest.json",
-            lambda f: f.write(json.dumps(manifest, indent=1).encode()),
-        )
+        atomic_write(self.cache / "manifest.json", json.dumps(manifest, indent=1))
 
     def _load_hr(self, image: int) -> Tensor:
         if self._hr[0] != image:

@@ -2,9 +2,12 @@
 
 Layout under a data root (default ``data/full``)::
 
-    <root>/downloads/DIV2K_train_HR.zip, Flickr2K.tar   archives (removed once extracted)
-    <root>/DIV2K_Flickr2K/DIV2K/0001.png … 0800.png      set paths.train_dir=<root>/DIV2K_Flickr2K
+    <root>/downloads/DIV2K_train_HR.zip, …               archives (removed once extracted)
+    <root>/DIV2K_Flickr2K/DIV2K/0001.png … 0800.png      the training images
     <root>/DIV2K_Flickr2K/Flickr2K/000001.png … 002650.png
+    <root>/DIV2K_valid/0801.png … 0900.png               validation (the first 10 are used)
+    <root>/DIV2K_Flickr2K_prepared/                      `python -m kxnet.data prepare` of the
+                                                         training images: paths.train_dir
 
 A download resumes from its ``.part`` file; an archive is checked (size and SHA256 where they are
 published, else the image count and names) before it gets its final name; a set is extracted
@@ -27,16 +30,18 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from kxnet.atomic import atomic_path
 from kxnet.data.images import list_images, scan_images
 from kxnet.errors import DownloadError
 
 __all__ = [
     "TRAIN_FOLDER",
+    "VALID_FOLDER",
+    "PREPARED_FOLDER",
     "TRAIN_SETS",
     "BENCHMARK_SETS",
     "TrainSet",
@@ -61,7 +66,8 @@ class TrainSet:
 
     ``archive_bytes``/``sha256`` are the published size and hash of the archive (``None`` where
     none is published: the extracted files are then checked by names, count and decoding).
-    ``member_dir`` is the archive folder holding the HR images; ``names`` are those images.
+    ``member_dir`` is the archive folder holding the HR images; ``names`` are those images;
+    they are installed in ``<root>/<parent>/<folder>``.
     """
 
     key: str
@@ -72,10 +78,8 @@ class TrainSet:
     sha256: str | None
     member_dir: str
     names: tuple[str, ...]
-
-    @property
-    def folder(self) -> str:
-        return self.title
+    folder: str
+    parent: str = "DIV2K_Flickr2K"
 
 
 TRAIN_SETS = {
@@ -88,6 +92,7 @@ TRAIN_SETS = {
         sha256="9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335",
         member_dir="DIV2K_train_HR",
         names=tuple(f"{i:04d}.png" for i in range(1, 801)),
+        folder="DIV2K",
     ),
     "flickr2k": TrainSet(
         key="flickr2k",
@@ -98,8 +103,23 @@ TRAIN_SETS = {
         sha256=None,
         member_dir="Flickr2K_HR",
         names=tuple(f"{i:06d}.png" for i in range(1, 2651)),
+        folder="Flickr2K",
+    ),
+    "div2k_valid": TrainSet(
+        key="div2k_valid",
+        title="DIV2K validation",
+        url="https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_valid_HR.zip",
+        archive="DIV2K_valid_HR.zip",
+        archive_bytes=448_993_893,
+        sha256="20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc",
+        member_dir="DIV2K_valid_HR",
+        names=tuple(f"{i:04d}.png" for i in range(801, 901)),
+        folder="DIV2K_valid",
+        parent="",
     ),
 }
+VALID_FOLDER = TRAIN_SETS["div2k_valid"].folder
+PREPARED_FOLDER = f"{TRAIN_FOLDER}_prepared"
 
 
 def _mb(n: float) -> str:
@@ -280,22 +300,10 @@ def _few(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f", … {len(names) - k} more" if len(names) > k else "")
 
 
-@contextmanager
-def _staging(dest: Path) -> Iterator[Path]:
-    """A hidden folder beside ``dest``: renamed to ``dest`` on success, removed on failure."""
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _extract(spec: TrainSet, archive: Path, dest: Path, threads: int | None, report: Report) -> int:
     report(f"  extracting {spec.title} HR images from {archive.name}")
-    with _staging(dest) as tmp:
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
         try:
             for name, open_member in _members(spec, archive):
                 with open_member() as src, open(tmp / name, "wb") as out:
@@ -348,7 +356,7 @@ def install_train_set(
     linked. A folder already in place is checked and left as it is.
     """
     root = Path(root)
-    dest = root / TRAIN_FOLDER / spec.folder
+    dest = root / spec.parent / spec.folder
     if dest.exists() or dest.is_symlink():
         if not dest.exists():
             raise DownloadError(f"{dest} is a broken link: remove it and run the command again")
@@ -362,10 +370,8 @@ def install_train_set(
         found = _find_copy(spec, Path(source).expanduser().resolve())
         if found.is_dir():
             count = check_train_folder(spec, found, threads)
-            link = dest.with_name(f".{dest.name}.link")
-            link.unlink(missing_ok=True)
-            link.symlink_to(found, target_is_directory=True)
-            os.replace(link, dest)
+            with atomic_path(dest) as link:
+                link.symlink_to(found, target_is_directory=True)
             return dest, count, f"linked to {found}, checked"
         how = check_archive(spec, found)
         return dest, _extract(spec, found, dest, threads, report), f"from {found}; {how}"

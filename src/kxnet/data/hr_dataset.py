@@ -27,15 +27,16 @@ from kxnet.data.images import (
     scan_images,
     to_float,
 )
+from kxnet.data.prepared import is_prepared, prepared_images, read_crop
 from kxnet.errors import ImageFolderError, ImageReadError
 
-__all__ = ["TRAIN_DIR_HINT", "find_training_images", "HRImageFolder", "EpochSampler"]
+__all__ = ["TRAIN_DIR_HINT", "find_training_images", "spread", "HRImageFolder", "EpochSampler"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_DIR_HINT = (
-    "set paths.train_dir to a folder of HR images, or fetch DIV2K + Flickr2K with "
-    "`python -m kxnet.data download` and set paths.train_dir=data/full/DIV2K_Flickr2K"
+    "fetch and prepare DIV2K + Flickr2K with `make data` (the paper's training set), or set "
+    "paths.train_dir to a folder of HR images"
 )
 _CROP, _ORDER, _SHUFFLE = 0, 1, 2
 _LISTED = 5
@@ -74,19 +75,32 @@ def _unreadable(root: Path, errors: list[ImageReadError]) -> ImageFolderError:
 def _headers(
     root: Path, patch_size: int, threads: int | None, hint: str
 ) -> tuple[list[ImageInfo], list[ImageInfo], list[ImageReadError]]:
-    """Every image's header under ``root``: (large enough, too small, unreadable)."""
+    """Every image's header under ``root`` (or a prepared folder's manifest): (large enough,
+    too small, unreadable)."""
     if not root.exists():
         raise ImageFolderError(root, f"training image folder {root} does not exist: {hint}")
     if not root.is_dir():
         raise ImageFolderError(root, f"training image folder {root} is not a folder: {hint}")
+    if is_prepared(root):
+        infos, errors = prepared_images(root), []
+        return _by_size(infos, patch_size) + (errors,)
     files = list_images(root, recursive=True)
     if not files:
         kinds = "/".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
         raise ImageFolderError(root, f"no image files ({kinds}) in {root} or below it: {hint}")
     infos, errors = scan_images(files, "header", threads)
+    return _by_size(infos, patch_size) + (errors,)
+
+
+def _by_size(infos: list[ImageInfo], patch_size: int) -> tuple[list[ImageInfo], list[ImageInfo]]:
+    """(the images that hold a patch, those that do not)."""
     usable = [i for i in infos if min(i.width, i.height) >= patch_size]
-    small = [i for i in infos if min(i.width, i.height) < patch_size]
-    return usable, small, errors
+    return usable, [i for i in infos if min(i.width, i.height) < patch_size]
+
+
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spread over ``items`` (the middle of each of ``count`` equal runs)."""
+    return [items[(2 * i + 1) * len(items) // (2 * count)] for i in range(count)]
 
 
 def _conclude(
@@ -159,7 +173,9 @@ def _decode_all(
 
 
 class HRImageFolder(Dataset):
-    """Random ``patch_size``² RGB crops of the images under ``root``: ``{"hr": 3×P×P float32}``.
+    """Random ``patch_size``² RGB crops of the images under ``root``: ``{"hr": 3×P×P}``, uint8
+    when every image has 8 bits (the device converts it, :func:`~kxnet.data.images.to_float`: a
+    quarter of the bytes through the loader), else float32 in [0, 1].
 
     Each epoch has ``samples_per_epoch`` items (default: images × ``repeat``); every run of
     ``len(images)`` consecutive indices visits each image once, in an order drawn per epoch. Each
@@ -168,9 +184,13 @@ class HRImageFolder(Dataset):
     epoch ``e`` (see :class:`EpochSampler`), a plain index is epoch 0.
 
     The start-up scan checks every file (``check``: ``header``, ``verify`` or ``decode``, see
-    :func:`~kxnet.data.images.image_info`). ``cache_images`` keeps every image decoded in memory
-    in its stored depth (decoded once at start-up, which checks it fully); ``None`` caches when
-    that takes at most ``cache_max_bytes``. Workers forked by a DataLoader share the cache.
+    :func:`~kxnet.data.images.image_info`). A prepared folder (:mod:`kxnet.data.prepared`) is
+    read through its manifest, each crop from its memory-mapped array, with the crops the
+    folder it was prepared from gives. ``cache_images`` keeps every image decoded in memory in
+    its stored depth (decoded once at start-up, which checks it fully); ``None`` caches a folder
+    of images (not a prepared one) when that takes at most ``cache_max_bytes``. Workers forked by
+    a DataLoader share the cache. ``holdout`` images, evenly spread over the sorted list
+    (:func:`spread`), are left out of training: ``held_out`` names them (a validation set).
     """
 
     def __init__(
@@ -186,6 +206,7 @@ class HRImageFolder(Dataset):
         cache_max_bytes: int = 1 << 30,
         check: str = "verify",
         threads: int | None = None,
+        holdout: int = 0,
     ) -> None:
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size <= 0:
             raise ValueError(f"patch_size must be a positive integer, not {patch_size!r}")
@@ -201,13 +222,32 @@ class HRImageFolder(Dataset):
         self.patch_size = patch_size
         self.augment = augment
         self.seed = seed
+        self.prepared = is_prepared(self.root)
         usable, small, errors = _headers(self.root, patch_size, threads, TRAIN_DIR_HINT)
+        if holdout:
+            if holdout >= len(usable):
+                raise ImageFolderError(
+                    self.root,
+                    f"data.val_images={holdout} held out of the {len(usable)} usable images in "
+                    f"{self.root} leaves none to train on: lower data.val_images or add images",
+                )
+            self.held_out = [i.path for i in spread(usable, holdout)]
+            usable = [i for i in usable if i.path not in set(self.held_out)]
+        else:
+            self.held_out = []
+        self.deep = any(i.deep for i in usable)
         decoded_bytes = sum(3 * i.width * i.height for i in usable)
-        self.cached = decoded_bytes <= cache_max_bytes if cache_images is None else cache_images
+        fits = decoded_bytes <= cache_max_bytes and not self.prepared
+        self.cached = fits if cache_images is None else cache_images
         self.images = [i.path for i in usable]
+        self._sizes = [(i.height, i.width) for i in usable]
         self._cache: list[Tensor] | None = None
         if self.cached:
             self._cache, more = _decode_all(self.images, threads)
+        elif self.prepared:
+            more = []
+            if check != "header":
+                prepared_images(self.root, check)
         else:
             more = scan_images(self.images, check, threads)[1] if check != "header" else []
         _conclude(self.root, patch_size, usable, small, errors + more)
@@ -236,19 +276,29 @@ class HRImageFolder(Dataset):
             self._order_key = key
         return int(self._order[i % n])  # type: ignore[index]
 
+    def _image(self, k: int) -> Tensor:
+        """Image ``k`` decoded (3×H×W, stored depth): from the cache, or from its file."""
+        return self._cache[k] if self._cache is not None else decode_image(self.images[k])
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         index = int(index)
         if index < 0:
             raise IndexError(f"index {index} is negative")
         epoch, i = divmod(index, self.samples_per_epoch)
         k = self._image_index(epoch, i)
-        img = self._cache[k] if self._cache is not None else decode_image(self.images[k])
+        mapped = self._cache is None and self.prepared
+        img = None if mapped else self._image(k)
         g = _generator(_CROP, self.seed, epoch, i)
         p = self.patch_size
-        h, w = img.shape[-2:]
+        h, w = self._sizes[k] if mapped else img.shape[-2:]
         top = int(torch.randint(h - p + 1, (), generator=g))
         left = int(torch.randint(w - p + 1, (), generator=g))
-        patch = to_float(img[:, top : top + p, left : left + p])
+        if mapped:
+            patch = read_crop(self.images[k], top, left, p)
+        else:
+            patch = img[:, top : top + p, left : left + p]
+        if self.deep:
+            patch = to_float(patch)
         if self.augment:
             t = int(torch.randint(8, (), generator=g))
             if t & 1:

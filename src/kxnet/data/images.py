@@ -4,6 +4,8 @@ Pillow decodes everything except the one case it gets wrong: it reads 16-bit RGB
 TIFF files as 8-bit (keeping the high byte). Those files are decoded by kornia's reader
 (kornia-rs), which keeps all 16 bits. Gray+alpha 16-bit PNG and 16-bit RGBA TIFF, which kornia-rs
 cannot decode, fall back to Pillow's 8-bit reading. EXIF orientation is applied in every case.
+Decoded images stored raw (``.npy``, H×W×3, as a prepared training folder holds them, see
+:mod:`kxnet.data.prepared`) are read as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kxnet.errors import ImageReadError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "ARRAY_SUFFIX",
     "CHECKS",
     "ImageInfo",
     "read_image",
@@ -33,6 +36,8 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# A decoded image stored raw (H×W×3 uint8 or uint16, numpy's .npy): a prepared training folder.
+ARRAY_SUFFIX = ".npy"
 CHECKS = ("header", "verify", "decode")
 _ORIENTATION = 0x0112
 _READ_ERRORS = (
@@ -47,11 +52,13 @@ _READ_ERRORS = (
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """An image file and its size as stored in its header (EXIF rotation may swap the two)."""
+    """An image file and its size as stored in its header (EXIF rotation may swap the two);
+    ``deep``: its pixels have more than 8 bits (16-bit or float)."""
 
     path: Path
     width: int
     height: int
+    deep: bool = False
 
 
 def _rawmode(img: Image.Image) -> str:
@@ -109,6 +116,19 @@ def _pillow_to_rgb(img: Image.Image, raw: str) -> np.ndarray:
     return np.repeat(arr[..., None], 3, axis=2)
 
 
+def _open_array(path: Path) -> np.ndarray:
+    """A decoded image stored as an H×W×3 uint8 or uint16 ``.npy`` file, memory-mapped."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ImageReadError(path, f"not a readable image array ({err})") from err
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(
+            path, f"not an H×W×3 uint8/uint16 image array ({array.shape} {array.dtype})"
+        )
+    return array
+
+
 def _non_empty_file(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or ImageReadError if it is not a file or is empty."""
     path = Path(path)
@@ -128,6 +148,8 @@ def decode_image(path: str | os.PathLike) -> Tensor:
     applied. Anything unreadable raises :class:`ImageReadError` naming the file.
     """
     path = _non_empty_file(path)
+    if path.suffix == ARRAY_SUFFIX:
+        return _to_tensor(path, np.array(_open_array(path)))
     try:
         with Image.open(path) as img:
             raw = _rawmode(img)
@@ -182,9 +204,13 @@ def image_info(path: str | os.PathLike, check: str = "header") -> ImageInfo:
     if check not in CHECKS:
         raise ValueError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
     path = _non_empty_file(path)
+    if path.suffix == ARRAY_SUFFIX:
+        array = _open_array(path)
+        return ImageInfo(path, array.shape[1], array.shape[0], array.dtype != np.uint8)
     try:
         with Image.open(path) as img:
             width, height = img.size
+            deep = img.mode.startswith(("I", "F")) or _is_deep_colour(img)
             if check == "verify" and img.format == "PNG":
                 img.verify()
             elif check == "verify" and img.format == "JPEG":
@@ -196,7 +222,7 @@ def image_info(path: str | os.PathLike, check: str = "header") -> ImageInfo:
         decode_image(path)
     if width == 0 or height == 0:
         raise ImageReadError(path, "image has no pixels")
-    return ImageInfo(path, width, height)
+    return ImageInfo(path, width, height, deep)
 
 
 def _visible(name: str) -> bool:
