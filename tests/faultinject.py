@@ -45,6 +45,21 @@ class KillAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SpoilAt(pl.Callback):
+    """After training step ``step``, add noise of std ``scale`` to every weight (so that the
+    validation after it is worse than the one before)."""
+
+    def __init__(self, step: int, scale: float = 0.05) -> None:
+        self.step, self.scale = step, scale
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            generator = torch.Generator().manual_seed(self.step)
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator) * self.scale)
+
+
 class Pace(pl.Callback):
     """Make each training step last at least ``seconds``."""
 

@@ -147,5 +147,9 @@ def test_run_and_sweep_folders_are_per_task_under_the_project(tmp_path):
 def test_relative_data_paths_resolve_against_the_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     datamodule = instantiate(compose_train(tmp_path).data, _convert_="all")
-    assert datamodule.train_dir == project_root() / "data" / "train"
+    full = project_root() / "data" / "full"
+    assert datamodule.train_dir == full / "DIV2K_Flickr2K_prepared"
+    assert datamodule.val_dir == full / "DIV2K_valid"
+    quick = instantiate(compose_train(tmp_path, "experiment=quick").data, _convert_="all")
+    assert quick.train_dir == project_root() / "data" / "train" and quick.val_dir is None
     assert datamodule.benchmark_dir == project_root() / "data" / "benchmarks"

@@ -10,6 +10,7 @@ from kxnet import physics
 from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.data.datamodule import KXNetDataModule, ShardSampler
+from kxnet.errors import StartupError
 
 REPO = project_root()
 BUNDLED = REPO / "data" / "benchmarks"
@@ -39,6 +40,7 @@ def _dm(train_dir, tmp_path, setting="iso", scale=2, **kwargs):
         pin_memory=False,
         check="header",
         repeat=2,
+        val_images=0,
     )
     return KXNetDataModule(**(args | kwargs))
 
@@ -62,8 +64,15 @@ def test_paper_config_setting2_x4_gives_lr64_from_hr256_with_21x21_kernels(tmp_p
     with initialize_config_module("kxnet.conf.train", version_base="1.3"):
         cfg = compose("train", overrides=["setting=aniso", "scale=4"])
     assert (cfg.data.batch_size, cfg.data.lr_patch_size) == (12, 64)
+    bundled = REPO / "data" / "train"
     dm = instantiate(
-        cfg.data, cache_dir=str(tmp_path), num_workers=0, check="header", pin_memory=False
+        cfg.data,
+        train_dir=str(bundled),
+        val_images=0,
+        cache_dir=str(tmp_path),
+        num_workers=0,
+        check="header",
+        pin_memory=False,
     )
     assert dm.hr_patch_size == 256
     assert dm.degradation.kernel_size == 21 and dm.degradation.noise_max == 25
@@ -152,6 +161,59 @@ def test_validation_batches_are_the_cached_benchmark_items_once_each(train_dir, 
     assert (tmp_path / "cache" / "Set5" / "aniso_x3" / "manifest.json").is_file()
 
 
+def test_validation_holds_images_out_of_training_when_there_is_no_val_dir(train_dir, tmp_path):
+    dm = _dm(train_dir, tmp_path, "aniso", 2, val_images=2, val_dir=tmp_path / "absent")
+    dm.setup("fit")
+    held = dm.train_set.held_out
+    assert len(held) == 2 and not set(held) & set(dm.train_set.images)
+    assert len(dm.train_set.images) == 4
+    (validation,) = dm.val_sets
+    assert validation.name == f"{train_dir.name}_heldout" and validation.files == held
+    # one test kernel per image (image i with kernel i mod 8), at noise 0 and 15
+    assert [(i, n, k) for i, n, k in validation.items] == [
+        (0, 0, 0),
+        (0, 15, 0),
+        (1, 0, 1),
+        (1, 15, 1),
+    ]
+
+
+def test_held_out_images_are_never_drawn_for_training(tmp_path):
+    colours = {f"{k}.png": (30 * k, 200 - 20 * k, 9) for k in range(7)}
+    folder = tmp_path / "colours"
+    folder.mkdir()
+    for name, c in colours.items():
+        Image.fromarray(np.full((24, 24, 3), c, dtype=np.uint8)).save(folder / name)
+    dm = _dm(folder, tmp_path, val_images=3, lr_patch_size=4, repeat=5)
+    train_set = dm.load_train_set()
+    held = {colours[p.name] for p in train_set.held_out}
+    seen = {tuple(train_set[i]["hr"][:, 0, 0].tolist()) for i in range(3 * len(train_set))}
+    assert len(held) == 3 and seen == set(colours.values()) - held
+
+
+def test_validation_takes_the_first_images_of_val_dir(train_dir, tmp_path):
+    val_dir = tmp_path / "valid"
+    val_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(
+            val_dir / f"{801 + i:04d}.png"
+        )
+    dm = _dm(train_dir, tmp_path, "iso", 2, val_images=3, val_dir=val_dir)
+    dm.setup("fit")
+    assert dm.train_set.held_out == [] and len(dm.train_set.images) == 6
+    (validation,) = dm.val_sets
+    assert [p.name for p in validation.files] == ["0801.png", "0802.png", "0803.png"]
+    assert len(validation) == 3
+
+
+def test_the_global_batch_is_divided_over_the_ranks(train_dir, tmp_path):
+    dm = _dm(train_dir, tmp_path, batch_size=12)
+    assert [dm.rank_batch_size(w) for w in (1, 2, 4)] == [12, 6, 3]
+    with pytest.raises(StartupError, match=r"data\.batch_size=12 .* 5 DDP ranks"):
+        dm.rank_batch_size(5)
+
+
 def test_shard_sampler_gives_every_item_to_exactly_one_rank(tmp_path):
     ds = BenchmarkSet(BUNDLED, "Set5", "iso", 4, None, tmp_path)
     shards = [list(ShardSampler(ds, 3, r)) for r in range(3)]
@@ -188,7 +250,8 @@ def test_two_ddp_ranks_draw_distinct_kernels_and_share_validation(train_dir, tmp
     )
     trainer.fit(_RankRecorder(tmp_path), datamodule=dm)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
-    assert r0["kernels"].shape == r1["kernels"].shape == (2, 4, 3)
+    # data.batch_size=4 is the global batch: 2 patches a step on each of the 2 ranks
+    assert r0["kernels"].shape == r1["kernels"].shape == (2, 2, 3)
     assert not set(r0["kernels"][..., 0].flatten().tolist()) & set(
         r1["kernels"][..., 0].flatten().tolist()
     )

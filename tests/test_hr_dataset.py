@@ -174,7 +174,10 @@ def test_empty_folder_is_refused_with_the_fix(tmp_path):
 
 
 def test_missing_folder_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(ImageFolderError, match="does not exist: fetch and prepare DIV2K .*make data.* or set paths.train_dir"):
+    with pytest.raises(
+        ImageFolderError,
+        match="does not exist: fetch and prepare DIV2K .*make data.* or set paths.train_dir",
+    ):
         HRImageFolder(tmp_path / "nowhere", 16)
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(ImageFolderError, match="is not a folder"):

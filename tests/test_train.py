@@ -8,12 +8,16 @@ import json
 import re
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kxnet import KXNet
 from kxnet.data.benchmarks import BenchmarkSet
+from kxnet.errors import ImageFolderError, StartupError
 from kxnet.metrics import psnr
 from kxnet.train import train
 from kxnet.train.loggers import default_wandb_mode
@@ -182,6 +186,8 @@ def test_ddp_with_two_gloo_processes(tmp_path, tiny_benchmark):
             "trainer=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
+            "data.batch_size=12",
+            "data.samples_per_epoch=24",
             "logger=wandb",
             f"hydra.run.dir={tmp_path}",
         ],
@@ -191,8 +197,26 @@ def test_ddp_with_two_gloo_processes(tmp_path, tiny_benchmark):
     output = result.stdout + result.stderr
     assert "Starting with 2 processes" in output
     assert len(_wandb_runs(tmp_path)) == 1
-    assert (tmp_path / "train_rank1.log").is_file()
+    # data.batch_size is the global batch: 6 patches a step on each rank, and the logs say so
+    for rank, log in ((0, "train.log"), (1, "train_rank1.log")):
+        text = (tmp_path / log).read_text()
+        assert f"rank {rank} of 2: 6 patches a step of the global batch of 12" in text
     assert _loads(_weights(tmp_path)).num_stages == 2
+
+
+def test_a_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path, tiny_benchmark):
+    cfg = compose_train(
+        tmp_path,
+        "debug=limit",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data.batch_size=5",
+        *tiny_benchmark,
+        *QUIET,
+    )
+    with pytest.raises(StartupError, match=r"data\.batch_size=5 .* 2 DDP ranks"):
+        train(cfg)
 
 
 @pytest.mark.slow
@@ -258,3 +282,134 @@ def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, caps
         "Tiny_bird_k0_noise0.png",
         "Tiny_bird_k0_noise0_kernels.png",
     ]
+
+
+PAPER_PRESETS = ["setting1_x2", "setting1_x3", "setting1_x4", "setting2_x2", "setting2_x3",
+                 "setting2_x4"]  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_paper_presets_refuse_the_bundled_t91(tmp_path, preset):
+    cfg = compose_train(
+        tmp_path, f"experiment={preset}", "paths.train_dir=${paths.bundled_train_dir}"
+    )
+    with pytest.raises(StartupError, match=r"bundled T91 .*paper's.*`make data`"):
+        train(cfg)
+    # by default they train on the prepared DIV2K + Flickr2K, which `make data` makes
+    elsewhere = [f"paths.data_dir={tmp_path}/data", "paths.benchmark_dir=data/benchmarks"]
+    missing = compose_train(tmp_path, f"experiment={preset}", *elsewhere)
+    with pytest.raises(ImageFolderError, match=r"_prepared does not exist.*make data"):
+        train(missing)
+
+
+def test_a_training_folder_given_on_the_command_line_is_used_with_a_warning(tmp_path):
+    result = run_train(
+        [
+            "experiment=setting1_x2",
+            "paths.train_dir=data/train",
+            "logger=csv",
+            "model.net.stages=1",
+            "data.lr_patch_size=16",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.val_images=0",
+            "trainer=cpu",
+            "trainer.max_steps=1",
+            "+trainer.limit_val_batches=0",
+            "test=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "train.log").read_text()
+    assert "holds 91 usable images; the paper trains on 3450" in log
+    assert (tmp_path / "weights.pt").is_file()
+
+
+def test_the_quick_preset_runs_on_the_bundled_data_and_validates_on_held_out_images(
+    tmp_path, tiny_benchmark
+):
+    cfg = compose_train(
+        tmp_path,
+        "experiment=quick",
+        *tiny_benchmark[:2],
+        "logger=csv",
+        "model.net.stages=1",
+        "data.val_images=3",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "eval=null",
+        *QUIET,
+    )
+    assert train(cfg) is not None
+    metrics = (next((tmp_path / "csv").rglob("metrics.csv"))).read_text()
+    assert "val/train_heldout/psnr" in metrics and "val/Set5" not in metrics
+
+
+def test_the_last_checkpoint_is_exported_and_tested_not_the_best(tmp_path, tiny_benchmark):
+    # Noise added to the weights after step 4 makes the validation at step 6 worse.
+    cfg = compose_train(
+        tmp_path,
+        "debug=default",
+        "trainer.detect_anomaly=false",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1.0",
+        "+callbacks.spoil._target_=faultinject.SpoilAt",
+        "+callbacks.spoil.step=4",
+        "callbacks.last_checkpoint.every_n_train_steps=6",
+        *tiny_benchmark,
+        *QUIET,
+    )
+    assert cfg.export == "last"
+    train(cfg)
+    best_path = next(p for p in (tmp_path / "checkpoints").glob("step*.ckpt"))
+    assert not best_path.name.startswith("step0000006"), "validation did not get worse"
+    weights = _weights(tmp_path)["state_dict"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6
+    last = last["state_dict"]
+    best = torch.load(best_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, last[f"net.{k}"]) for k, v in weights.items())
+    assert not all(torch.equal(v, best[f"net.{k}"]) for k, v in weights.items())
+    # export=best exports (and tests) the best on validation instead
+    cfg.paths.output_dir = str(tmp_path / "best")
+    with open_dict(cfg):
+        cfg.callbacks.model_checkpoint.dirpath = str(tmp_path / "best" / "checkpoints")
+        cfg.callbacks.last_checkpoint.dirpath = str(tmp_path / "best" / "checkpoints")
+        cfg.export = "best"
+    train(cfg)
+    best_path = next(p for p in (tmp_path / "best" / "checkpoints").glob("step*.ckpt"))
+    best = torch.load(best_path, weights_only=True)["state_dict"]
+    exported = _weights(tmp_path / "best")["state_dict"]
+    assert all(torch.equal(v, best[f"net.{k}"]) for k, v in exported.items())
+
+
+def _validate(module, datamodule, devices: int) -> dict:
+    strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **strategy,
+    )
+    (results,) = trainer.validate(module, datamodule=datamodule)
+    return results
+
+
+@pytest.mark.slow
+def test_validation_with_one_or_two_ranks_gives_the_same_figures(tmp_path, tiny_benchmark):
+    """Three held-out images (an odd count: the ranks take 2 and 1): every item once."""
+    extra = ["data.val_images=3", "data.val_datasets=[]"]
+    cfg = compose_train(tmp_path, "debug=limit", *tiny_benchmark, *extra, *QUIET)
+    train(cfg)
+    module = KXNetModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    one = _validate(module, datamodule, devices=1)
+    two = _validate(module, instantiate(cfg.data, _convert_="all"), devices=2)
+    assert one["val/train_heldout/psnr"] > 20
+    for key in ("val/psnr", "val/ssim", "val/train_heldout/psnr"):
+        assert two[key] == pytest.approx(one[key], rel=1e-12, abs=1e-12), key

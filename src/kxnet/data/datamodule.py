@@ -7,8 +7,15 @@ already on the device, into ``{"lr", "hr", "kernel", "kernel_params", "noise"}``
 training batch index), so ranks never share kernels and a resumed run draws what the
 uninterrupted one would have; the training loader's place in its epoch is saved with each
 checkpoint (:class:`~kxnet.data.resumable.ResumableDataLoader`), so a run resumed in the middle of
-an epoch goes on with the batches the uninterrupted run had. Validation and test: one DataLoader
-per benchmark set (batch size 1, every item once; under DDP each rank takes its own share,
+an epoch goes on with the batches the uninterrupted run had. ``batch_size`` is the global batch
+(the paper's 12): under DDP each rank loads its share.
+
+Validation is never a test set: the first ``val_images`` images of ``val_dir`` (the DIV2K
+validation images, as the authors validate) when that folder holds images, else as many images
+held out of the training folder, which training then never draws from; each image is degraded
+with one test kernel of the setting (image i with kernel i mod 8) at each noise level, once, and
+cached like the benchmark sets. ``val_datasets`` adds benchmark sets to it. Validation and test:
+one DataLoader per set (batch size 1, every item once; under DDP each rank takes its own share,
 without padding).
 """
 
@@ -24,8 +31,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from kxnet.config import resolve_path
 from kxnet.data.benchmarks import DATASETS, BenchmarkSet
 from kxnet.data.hr_dataset import EpochSampler, HRImageFolder
+from kxnet.data.images import list_images, to_float
 from kxnet.data.resumable import ResumableDataLoader
 from kxnet.data.synthesis import Degradation, step_generator
+from kxnet.errors import StartupError
 
 __all__ = ["KXNetDataModule", "ShardSampler"]
 
@@ -58,11 +67,16 @@ class KXNetDataModule(pl.LightningDataModule):
         setting, scale, kernel_size, sigma_range, noise_max: the training degradation
             (:class:`~kxnet.data.synthesis.Degradation`; ``None`` takes SPEC §2's value).
         lr_patch_size: LR training patch side; HR crops are ``lr_patch_size · scale``.
-        batch_size, num_workers: of the training loader.
+        batch_size: the global training batch, divided over the DDP ranks.
+        num_workers: of each rank's training loader.
         seed: seeds the crops, their order and the degradations.
         samples_per_epoch, repeat, cache_images, check: passed to ``HRImageFolder``.
-        val_datasets, test_datasets: benchmark sets to validate and test on; folders missing
-            under ``benchmark_dir`` are skipped with a warning.
+        val_dir: folder of validation HR images (DIV2K's); None or no images there: hold
+            ``val_images`` images out of the training folder instead.
+        val_images: how many validation images (the first ones of ``val_dir``); 0: none.
+        val_datasets: benchmark sets validated on as well (none by default: they are test sets).
+        test_datasets: benchmark sets to test on; None: the paper's four, those missing under
+            ``benchmark_dir`` skipped with a warning.
         val_noise, test_noise: their noise levels; ``None``: the paper's (0, and 15 in aniso).
     """
 
@@ -84,9 +98,11 @@ class KXNetDataModule(pl.LightningDataModule):
         repeat: int = 1,
         cache_images: bool | None = None,
         check: str = "verify",
-        val_datasets: Sequence[str] = ("Set5",),
+        val_dir: str | os.PathLike | None = None,
+        val_images: int = 10,
+        val_datasets: Sequence[str] = (),
         val_noise: Sequence[float] | None = None,
-        test_datasets: Sequence[str] = DATASETS,
+        test_datasets: Sequence[str] | None = None,
         test_noise: Sequence[float] | None = None,
         pin_memory: bool = True,
     ) -> None:
@@ -95,6 +111,7 @@ class KXNetDataModule(pl.LightningDataModule):
         self.train_dir = resolve_path(train_dir)
         self.benchmark_dir = resolve_path(benchmark_dir)
         self.cache_dir = resolve_path(cache_dir)
+        self.val_dir = resolve_path(val_dir) if val_dir else None
         self.degradation = Degradation(setting, scale, kernel_size, sigma_range, noise_max)
         self.setting, self.scale, self.seed = str(setting), int(scale), int(seed)
         self.hr_patch_size = int(lr_patch_size) * self.scale
@@ -102,10 +119,42 @@ class KXNetDataModule(pl.LightningDataModule):
         self.val_sets: list[BenchmarkSet] = []
         self.test_sets: list[BenchmarkSet] = []
 
+    def _val_files(self) -> list | None:
+        """The first ``val_images`` images of ``val_dir``, or None if it holds none."""
+        try:
+            files = list_images(self.val_dir) if self.val_dir is not None else []
+        except FileNotFoundError:
+            files = []
+        return files[: self.hparams.val_images] if files else None
+
+    def _validation_set(self) -> BenchmarkSet | None:
+        """The validation images, degraded once with one test kernel each (see the module)."""
+        hp = self.hparams
+        if not hp.val_images:
+            return None
+        files = self._val_files()
+        name = f"{self.val_dir.name}" if files else None
+        if files is None:
+            files = self.load_train_set().held_out
+            name = f"{self.train_dir.name}_heldout"
+        noise = list(hp.val_noise) if hp.val_noise is not None else None
+        return BenchmarkSet(
+            self.benchmark_dir,
+            name,
+            self.setting,
+            self.scale,
+            noise,
+            self.cache_dir,
+            files=files,
+            one_kernel=True,
+        )
+
     def _benchmarks(
-        self, names: Sequence[str], noise: Sequence[float] | None
+        self, names: Sequence[str] | None, noise: Sequence[float] | None
     ) -> list[BenchmarkSet]:
         present = []
+        if names is None:
+            names = DATASETS
         for name in names:
             if (self.benchmark_dir / name).is_dir():
                 present.append(name)
@@ -132,6 +181,7 @@ class KXNetDataModule(pl.LightningDataModule):
         hp = self.hparams
         task = self.trainer.state.fn if self.trainer is not None else None
         if task in (None, "fit", "validate"):
+            self._validation_set()
             self._benchmarks(hp.val_datasets, hp.val_noise)
         if task in (None, "test"):
             self._benchmarks(hp.test_datasets, hp.test_noise)
@@ -140,6 +190,7 @@ class KXNetDataModule(pl.LightningDataModule):
         """The training images, scanned and checked once (at start-up, or by ``setup``)."""
         if self.train_set is None:
             hp = self.hparams
+            holdout = hp.val_images if self._val_files() is None else 0
             self.train_set = HRImageFolder(
                 self.train_dir,
                 self.hr_patch_size,
@@ -148,20 +199,34 @@ class KXNetDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 cache_images=hp.cache_images,
                 check=hp.check,
+                holdout=holdout,
             )
         return self.train_set
+
+    def rank_batch_size(self, world_size: int) -> int:
+        """Each rank's share of the global ``batch_size``; StartupError if it does not divide."""
+        batch = self.hparams.batch_size
+        if batch % world_size:
+            raise StartupError(
+                f"data.batch_size={batch} is the global batch and does not divide over "
+                f"{world_size} DDP ranks: set data.batch_size to a multiple of {world_size} "
+                f"(e.g. {batch // world_size * world_size or world_size}) or change trainer.devices"
+            )
+        return batch // world_size
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if stage in ("fit", None):
             self.load_train_set()
         if stage in ("fit", "validate", None) and not self.val_sets:
-            self.val_sets = self._benchmarks(hp.val_datasets, hp.val_noise)
+            validation = self._validation_set()
+            self.val_sets = [validation] * (validation is not None)
+            self.val_sets += self._benchmarks(hp.val_datasets, hp.val_noise)
         if stage in ("test", None) and not self.test_sets:
             self.test_sets = self._benchmarks(hp.test_datasets, hp.test_noise)
             if not self.test_sets:
                 raise FileNotFoundError(
-                    f"none of test_datasets={list(hp.test_datasets)} is under "
+                    f"none of test_datasets={hp.test_datasets or list(DATASETS)} is under "
                     f"{self.benchmark_dir}: set paths.benchmark_dir"
                 )
 
@@ -170,9 +235,19 @@ class KXNetDataModule(pl.LightningDataModule):
         if self.train_set is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
         workers = self.hparams.num_workers
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        batch = self.rank_batch_size(world)
+        log.info(
+            "rank %d of %d: %d patches a step of the global batch of %d (data.batch_size)",
+            rank,
+            world,
+            batch,
+            self.hparams.batch_size,
+        )
         return ResumableDataLoader(
             self.train_set,
-            batch_size=self.hparams.batch_size,
+            batch_size=batch,
             sampler=EpochSampler(len(self.train_set), seed=self.seed),
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
@@ -201,8 +276,9 @@ class KXNetDataModule(pl.LightningDataModule):
         return self._benchmark_loaders(self.test_sets)
 
     def synthesize(self, hr, rank: int, step: int) -> dict:
-        """The training batch for HR crops B×3×H×W at (rank, training batch index ``step``)."""
-        return self.degradation(hr, step_generator(self.seed, rank, step, hr.device))
+        """The training batch for HR crops B×3×H×W (uint8, or float in [0, 1]) at (rank, training
+        batch index ``step``)."""
+        return self.degradation(to_float(hr), step_generator(self.seed, rank, step, hr.device))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Training batches (already on the device) get their degradation; others pass as is."""

@@ -224,17 +224,6 @@ class HRImageFolder(Dataset):
         self.seed = seed
         self.prepared = is_prepared(self.root)
         usable, small, errors = _headers(self.root, patch_size, threads, TRAIN_DIR_HINT)
-        if holdout:
-            if holdout >= len(usable):
-                raise ImageFolderError(
-                    self.root,
-                    f"data.val_images={holdout} held out of the {len(usable)} usable images in "
-                    f"{self.root} leaves none to train on: lower data.val_images or add images",
-                )
-            self.held_out = [i.path for i in spread(usable, holdout)]
-            usable = [i for i in usable if i.path not in set(self.held_out)]
-        else:
-            self.held_out = []
         self.deep = any(i.deep for i in usable)
         decoded_bytes = sum(3 * i.width * i.height for i in usable)
         fits = decoded_bytes <= cache_max_bytes and not self.prepared
@@ -251,6 +240,7 @@ class HRImageFolder(Dataset):
         else:
             more = scan_images(self.images, check, threads)[1] if check != "header" else []
         _conclude(self.root, patch_size, usable, small, errors + more)
+        self.held_out = self._hold_out(holdout)
         self.samples_per_epoch = samples_per_epoch or len(self.images) * repeat
         self._order_key: tuple[int, int] | None = None
         self._order: Tensor | None = None
@@ -275,6 +265,25 @@ class HRImageFolder(Dataset):
             self._order = torch.randperm(n, generator=_generator(_ORDER, self.seed, *key))
             self._order_key = key
         return int(self._order[i % n])  # type: ignore[index]
+
+    def _hold_out(self, count: int) -> list[Path]:
+        """Take ``count`` images, evenly spread, out of the training images; returns them."""
+        if not count:
+            return []
+        if count >= len(self.images):
+            raise ImageFolderError(
+                self.root,
+                f"data.val_images={count} held out of the {len(self.images)} usable images in "
+                f"{self.root} leaves none to train on: lower data.val_images or add images",
+            )
+        held = set(spread(list(range(len(self.images))), count))
+        keep = [k for k in range(len(self.images)) if k not in held]
+        out = [self.images[k] for k in sorted(held)]
+        self.images = [self.images[k] for k in keep]
+        self._sizes = [self._sizes[k] for k in keep]
+        if self._cache is not None:
+            self._cache = [self._cache[k] for k in keep]
+        return out
 
     def _image(self, k: int) -> Tensor:
         """Image ``k`` decoded (3×H×W, stored depth): from the cache, or from its file."""

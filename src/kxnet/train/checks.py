@@ -8,8 +8,9 @@ training uses). Each raises :class:`~kxnet.errors.StartupError` with a one-line 
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ from kxnet.checks import (
 from kxnet.config import resolve_path
 from kxnet.errors import CheckpointError, StartupError
 
-__all__ = ["check_resume", "check_train", "check_training_data"]
+__all__ = [
+    "check_resume",
+    "check_training_source",
+    "warn_if_small",
+    "check_train",
+    "check_training_data",
+]
+
+log = logging.getLogger(__name__)
 
 
 def check_resume(
@@ -88,14 +97,53 @@ def _checkpoint_dirs(cfg: DictConfig) -> list[tuple[str, Any]]:
     ]
 
 
-def check_train(cfg: DictConfig) -> None:
+# The paper's training set: DIV2K (800 images) + Flickr2K (2650).
+PAPER_TRAIN_IMAGES = 3450
+
+
+def _given(overrides: Sequence[str], *keys: str) -> bool:
+    return any(o.lstrip("+~").split("=")[0] in keys for o in overrides)
+
+
+def check_training_source(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """A run that presents itself as the paper's (``paper_data``) does not train on the bundled
+    T91 unless ``paths.train_dir`` (or ``data.train_dir``) is given on the command line."""
+    if not cfg.get("paper_data"):
+        return
+    train_dir = resolve_path(_value(cfg, "data.train_dir", "paths.train_dir"))
+    bundled = resolve_path(_value(cfg, "paths.bundled_train_dir", "paths.bundled_train_dir"))
+    if train_dir == bundled and not _given(overrides, "paths.train_dir", "data.train_dir"):
+        raise StartupError(
+            f"paths.train_dir={train_dir} is the bundled T91 (91 small images), but this run "
+            "presents itself as the paper's, which trains on DIV2K + Flickr2K: run `make data`, "
+            "set paths.train_dir to your folder of HR images, or use experiment=quick or "
+            "debug=default for the bundled data"
+        )
+
+
+def warn_if_small(cfg: DictConfig, overrides: Sequence[str], images: int, root: Path) -> None:
+    """A paper run on a training folder given on the command line that is smaller than the
+    paper's is the user's choice: it goes on, with a warning."""
+    if cfg.get("paper_data") and images < PAPER_TRAIN_IMAGES:
+        log.warning(
+            "paths.train_dir=%s holds %d usable images; the paper trains on %d (DIV2K + "
+            "Flickr2K, `make data`): results will not be the paper's",
+            root,
+            images,
+            PAPER_TRAIN_IMAGES,
+        )
+
+
+def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything ``python -m kxnet.train`` can check without reading data: the model and
-    patch sizes, the folders it writes, the checkpoint it resumes, the benchmark sets."""
+    patch sizes, the training data a paper run takes, the folders it writes, the checkpoint it
+    resumes, the benchmark sets. ``overrides`` is the command line."""
     check_scale_setting(_value(cfg, "scale", "scale"), _value(cfg, "setting.name", "setting"))
     model = {key: _value(cfg, f"model.net.{key}", OPTIONS[key]) for key in CONFIG_KEYS}
     check_model(**model)
     training = model["stages"] > 0
     if training:
+        check_training_source(cfg, overrides)
         check_model(**model, lr_patch_size=_value(cfg, "data.lr_patch_size", "data"))
         data_p = _value(cfg, "data.kernel_size", "setting.kernel_size")
         if data_p not in (None, model["kernel_size"]):
@@ -123,10 +171,14 @@ def check_train(cfg: DictConfig) -> None:
         check_benchmarks(benchmarks, None if names is None else list(names), "data.test_datasets")
 
 
-def check_training_data(datamodule: Any) -> None:
+def check_training_data(
+    datamodule: Any, world_size: int, cfg: DictConfig, overrides: Sequence[str] = ()
+) -> None:
     """Read the training images' headers (the data module's own scan, kept for training) and
-    check that an epoch holds at least one batch."""
+    check that the global batch divides over the ranks and that an epoch holds one batch."""
+    datamodule.rank_batch_size(world_size)
     train_set = datamodule.load_train_set()
+    warn_if_small(cfg, overrides, len(train_set.images), train_set.root)
     batch = datamodule.hparams.batch_size
     if len(train_set) < batch:
         raise StartupError(

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from kxnet.checkpoint import save_weights
+from kxnet.checkpoint import read_checkpoint, save_weights
 from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
 from kxnet.train.callbacks import RankSeed
@@ -38,17 +38,22 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
+def _command_line() -> list[str]:
+    """The overrides given on the command line (none outside a Hydra run)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def train(cfg: DictConfig) -> float | None:
-    """Check the run, fit, test the best checkpoint, export its weights and (with ``cfg.eval``)
+    """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
+    paper reports, or the best on validation), export its weights and (with ``cfg.eval``)
     evaluate them beside bicubic; returns ``cfg.optimized_metric``.
 
     ``model.net.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
-    check_train(cfg)
+    overrides = _command_line()
+    check_train(cfg, overrides)
     evaluation = EvalPlan.from_config(cfg) if cfg.get("eval") else None
     datamodule = instantiate(cfg.data, _convert_="all")
-    if cfg.model.net.stages > 0:
-        check_training_data(datamodule)
     pl.seed_everything(cfg.seed, workers=True)
     module: KXNetModule = instantiate(cfg.model, _recursive_=False)
     callbacks = [RankSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
@@ -56,6 +61,8 @@ def train(cfg: DictConfig) -> float | None:
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         log.info("W&B mode: %s", default_wandb_mode())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if cfg.model.net.stages > 0:
+        check_training_data(datamodule, trainer.world_size, cfg, overrides)
     finished = False
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -70,15 +77,18 @@ def train(cfg: DictConfig) -> float | None:
             )
         metrics = dict(trainer.callback_metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        exported = best if cfg.get("export") == "best" and best else None
+        if exported:
+            module.load_state_dict(read_checkpoint(Path(exported))["state_dict"])
         if cfg.get("test"):
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            trainer.test(module, datamodule=datamodule)
             metrics.update(trainer.callback_metrics)
-        elif best:
-            module.load_state_dict(torch.load(best, map_location="cpu")["state_dict"])
         if trainer.is_global_zero:
             weights = Path(cfg.paths.output_dir) / WEIGHTS_FILE
             save_weights(module.net, weights)
-            log.info("Weights of %s written to %s", best or "the final model", weights)
+            what = f"the best on validation, {exported}" if exported else "the final model"
+            kept = f"; the best on validation is kept: {best}" if best and not exported else ""
+            log.info("Weights of %s written to %s%s", what, weights, kept)
             if evaluation is not None:
                 out = Path(cfg.paths.output_dir) / "eval"
                 table, _ = evaluate_beside_bicubic(module.net, evaluation, out)
