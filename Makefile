@@ -38,8 +38,9 @@ format: install ## Format the code with ruff
 
 DATA_ROOT ?= data/full
 SETS ?= train
-data: install ## Fetch and check DIV2K + Flickr2K into $(DATA_ROOT) (SETS=..., FROM=a local copy)
+data: install ## Fetch, check and prepare DIV2K + Flickr2K (+ DIV2K validation) into $(DATA_ROOT) (FROM=a local copy)
 	$(PY) -m kxnet.data download --root $(DATA_ROOT) --sets $(SETS) $(if $(FROM),--from $(FROM))
+	$(PY) -m kxnet.data prepare $(DATA_ROOT)/DIV2K_Flickr2K $(DATA_ROOT)/DIV2K_Flickr2K_prepared
 
 train: install ## Train the quick preset on a CPU, then evaluate it on Set5 beside bicubic
 	$(PY) -m kxnet.train experiment=quick

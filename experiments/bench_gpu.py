@@ -35,8 +35,9 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
     device = ["device=cpu", "threads=1", "rss=false"] if smoke else ["device=cuda"]
     train = ["scale=4", "setting=iso", *size, *device]
     quick = ["compare.authors=false", "compare.checkpointing=false", "phases=[train,infer]"]
+    every = "phases=[train,infer,synthesis,hot_spots]"
     runs = [
-        ("x4 float32 eager", [*train, "dtype=float32", "model.net.compile=false"]),
+        ("x4 float32 eager", [*train, "dtype=float32", "model.net.compile=false", every]),
         ("x4 bfloat16 eager", [*train, "dtype=bfloat16", "model.net.compile=false", *quick]),
         ("x4 float32 compiled", [*train, "dtype=float32", "model.net.compile=true", *quick]),
         ("x4 bfloat16 compiled", [*train, "dtype=bfloat16", "model.net.compile=true", *quick]),
@@ -48,6 +49,8 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
     for name in SET5[:1] if smoke else SET5:
         infer = ["scale=2", "setting=iso", stages, "phases=[infer]", f"infer.image=Set5/{name}.png"]
         runs.append((f"Set5 {name} x2", [*infer, *device, *size[-2:]]))
+    if not smoke:  # the loader against the step times measured above
+        runs.append(("loader", ["phases=[loader]", *device]))
     return runs
 
 
@@ -76,6 +79,11 @@ def main() -> None:
                 summary.add_row(name, "failed", f"{type(error).__name__}: {error}"[:60])
                 continue
             (out / "bench.json").write_text(json.dumps(report, indent=2, default=float))
+            if not report["results"]:
+                rate = report["loader"]["forms"]["prepared"]["crops_per_s"]
+                needed = report["loader"]["needed_crops_per_s"]
+                summary.add_row(name, "cpu loader", f"{rate:.0f} crops/s", f"{needed:.0f} needed")
+                continue
             phase = "train" if "train/kxnet" in report["results"] else "infer"
             ours = report["results"][f"{phase}/kxnet"]
             fraction = ours.get("conv_fraction_of_peak")

@@ -31,6 +31,11 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
         "rss=false",
         f"paths.benchmark_dir={tmp_path}",
         "infer.image=tiny.png",
+        "loader.images=2",
+        "loader.workers=1",
+        "loader.seconds=0.1",
+        "loader.gpu_step_s=0.05",
+        f"loader.cache_dir={tmp_path / 'loader'}",
         f"hydra.run.dir={run_dir}",
     ]
     done = subprocess.run(
@@ -63,8 +68,23 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     # recomputing the stages in the backward pass costs FLOPs
     train = report["results"]["train/kxnet"]["flops"]
     assert report["results"]["train/kxnet_checkpointed"]["flops"] > train
-    assert set(report["targets"]) == set(TARGETS)
+    loader_targets = {
+        "loader_prepared_vs_png",
+        "loader_prepared_crops_per_s",
+        "loader_keeps_a_gpu_fed",
+    }
+    assert set(report["targets"]) == set(TARGETS) | loader_targets
     assert report["targets"]["train_time_ratio"]["value"] > 0
+    loader = report["loader"]
+    assert "Loader: HR 256² crops/s" in done.stdout
+    assert loader["images"] == 2 and loader["patch"] == 256
+    assert set(loader["forms"]) == {"png", "prepared", "cached"}
+    assert all(
+        form["crops_per_s"] > 0 and form["batches"] >= 3 for form in loader["forms"].values()
+    )
+    assert loader["needed_crops_per_s"] == pytest.approx(12 / 0.05)
+    assert loader["gpu_step_basis"] == "measured by make bench-gpu"
+    assert 1e12 < loader["paper_step_flops"] < 1e14
 
 
 def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):

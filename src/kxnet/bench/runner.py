@@ -23,6 +23,7 @@ For one configuration (scale, setting, stages, batch, LR patch, device, dtype) i
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kxnet import kernels, physics
-from kxnet.bench import authors, measure
+from kxnet.bench import authors, loader, measure
 from kxnet.checks import check_device
 from kxnet.config import resolve_path
 from kxnet.data.images import read_image
@@ -277,7 +278,7 @@ def _infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     return (lr * 255).round().clamp(0, 255) / 255, str(path)
 
 
-PHASES = ("train", "infer", "synthesis", "hot_spots")
+PHASES = ("train", "infer", "synthesis", "hot_spots", "loader")
 
 
 def _check(cfg: DictConfig) -> None:
@@ -418,6 +419,22 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
     return table
 
 
+def _loader_table(result: dict[str, Any]) -> Table:
+    title = (
+        f"Loader: HR {result['patch']}² crops/s, batch {result['batch']}, {result['workers']} "
+        f"workers, {result['images']} PNG images of {result['image_bytes'] / 2**20:.1f} MiB in "
+        f"{result['folder']}"
+    )
+    table = _table(title, ("form", "crops/s", "× PNG-per-crop", "× needed"))
+    png, needed = result["forms"]["png"]["crops_per_s"], result["needed_crops_per_s"]
+    for form, rate in result["forms"].items():
+        value = rate["crops_per_s"]
+        table.add_row(form, f"{value:.0f}", format_ratio(value / png), format_ratio(value / needed))
+    step = format_seconds(result["gpu_step_s"])
+    table.add_row(f"needed ({step} a step: {result['gpu_step_basis']})", f"{needed:.0f}", "", "")
+    return table
+
+
 def _print(report: dict[str, Any], console: Console) -> None:
     res, cfg, dev = report["results"], report["config"], report["device"]
     infer = report["infer_input"]
@@ -470,7 +487,71 @@ def _print(report: dict[str, Any], console: Console) -> None:
         value = "–" if t["value"] is None else f"{t['value']:.3f}"
         met = {True: "yes", False: "no", None: "–"}[t["met"]]
         goals.add_row(t["label"], value, t["target"], met)
+    if "loader" in report:
+        console.print(_loader_table(report["loader"]))
     console.print(goals)
+
+
+def _gpu_step_s(cfg: DictConfig) -> float | None:
+    """The paper configuration's training step time: ``loader.gpu_step_s``, else the fastest
+    one in the newest ``make bench-gpu`` reports (x4, S = 19, batch 12, LR 64, on CUDA)."""
+    if cfg.loader.gpu_step_s is not None:
+        return float(cfg.loader.gpu_step_s)
+    runs = sorted((resolve_path("outputs") / "bench" / "gpu").glob("*/"))
+    steps = []
+    for report in sorted(runs[-1].glob("*/bench.json")) if runs else []:
+        data = json.loads(report.read_text())
+        c, train = data["config"], data["results"].get("train/kxnet")
+        paper = (c["scale"], c["model"]["net"]["stages"], c["batch"], c["lr_size"]) == (
+            4,
+            19,
+            12,
+            64,
+        )
+        if train and paper and data["device"]["type"] == "cuda":
+            steps.append(train["wall_s"]["median"])
+    return min(steps) if steps else None
+
+
+def _loader(cfg: DictConfig, console: Console) -> dict[str, Any]:
+    """The loader phase, in this process (its DataLoader starts worker processes of its own)."""
+    console.log("timing loader: png, prepared, cached")
+    spec = cfg.loader
+    threads = torch.get_num_threads()
+    try:
+        return loader.measure_loader(
+            spec.folder,
+            resolve_path(spec.cache_dir),
+            int(spec.images),
+            int(spec.batch),
+            int(spec.workers),
+            float(spec.seconds),
+            _gpu_step_s(cfg),
+            float(spec.gpu_tflops) * 1e12,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loader_targets(result: dict[str, Any]) -> dict[str, Any]:
+    prepared = result["forms"]["prepared"]["crops_per_s"]
+    measured = {
+        "loader_prepared_vs_png": (
+            "prepared folder crops/s / PNG-per-crop", ">=", 10.0, result["prepared_vs_png"]
+        ),
+        "loader_prepared_crops_per_s": (
+            f"prepared HR {result['patch']}² crops/s, {result['workers']} workers", ">=", 1000.0,
+            prepared,
+        ),
+        "loader_keeps_a_gpu_fed": (
+            "prepared crops/s / what the paper's GPU step needs", ">=", 1.0,
+            prepared / result["needed_crops_per_s"],
+        ),
+    }  # fmt: skip
+    return {
+        key: {"label": label, "value": value, "target": f"{op} {bound}", "met": value >= bound}
+        for key, (label, op, bound, value) in measured.items()
+    }
 
 
 def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
@@ -520,5 +601,8 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "results": results,
         "targets": _targets(results, bool(cfg.model.net.checkpoint_stages)),
     }
+    if "loader" in cfg.phases:
+        report["loader"] = _loader(cfg, console)
+        report["targets"] |= _loader_targets(report["loader"])
     _print(report, console)
     return report
