@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -33,3 +35,63 @@ def run_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+class DtypeProbe(pl.Callback):
+    """Records, during the first training step, the dtypes that the proximal networks'
+    convolutions compute in, those of the data terms' inputs and outputs (``kxnet.physics``) and
+    those the loss sees, in ``DtypeProbe.seen``."""
+
+    seen: dict[str, set] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from kxnet import physics
+        from kxnet.nn.proxnet import ProxNet
+
+        DtypeProbe.seen = {"proxnet": set(), "physics": set(), "loss": set()}
+        self.undo = []
+        for module in pl_module.net.modules():
+            if isinstance(module, ProxNet):
+                for conv in module.modules():
+                    if isinstance(conv, torch.nn.Conv2d):
+                        hook = conv.register_forward_hook(self._conv)
+                        self.undo.append(hook.remove)
+        for name in (
+            "blur_downsample",
+            "transpose_upsample",
+            "kernel_gradient",
+            "adjusted_gradient",
+        ):
+            real = getattr(physics, name)
+            setattr(physics, name, self._wrap(real))
+            self.undo.append(lambda name=name, real=real: setattr(physics, name, real))
+        loss = pl_module.loss
+
+        def probed_loss(output, hr, kernel):
+            tensors = [*output.images, *output.kernels, hr, kernel]
+            DtypeProbe.seen["loss"] |= {t.dtype for t in tensors}
+            value = loss(output, hr, kernel)
+            DtypeProbe.seen["loss"].add(value.total.dtype)
+            return value
+
+        pl_module.loss = probed_loss
+        self.undo.append(lambda: setattr(pl_module, "loss", loss))
+
+    @staticmethod
+    def _conv(module, inputs, output) -> None:
+        DtypeProbe.seen["proxnet"].add(output.dtype)
+
+    @staticmethod
+    def _wrap(real):
+        def recorded(*args, **kwargs):
+            out = real(*args, **kwargs)
+            tensors = [a for a in args if isinstance(a, torch.Tensor)] + [out]
+            DtypeProbe.seen["physics"] |= {t.dtype for t in tensors}
+            return out
+
+        return recorded
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for undo in reversed(self.undo):
+            undo()
+        self.undo = []

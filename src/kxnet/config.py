@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from kxnet import kernels
+from kxnet import hardware, kernels
 
 __all__ = [
     "APPS",
@@ -52,9 +52,11 @@ def resolve_path(path: str | os.PathLike | None, root: str | os.PathLike | None 
 
 
 def register_resolvers() -> None:
-    """``${kx.root:}``, ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``."""
+    """``${kx.root:}``, ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
+    ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``."""
     resolvers = {
         "kx.root": lambda: str(project_root()),
+        "kx.cpu_precision": hardware.cpu_precision,
         "kx.kernel_size": lambda setting, scale: kernels.kernel_size(str(setting), int(scale)),
         "kx.sigma_range": lambda setting, scale: OmegaConf.create(
             list(kernels.train_sigma_range(str(setting), int(scale)))

@@ -44,6 +44,7 @@ from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
 from kxnet.errors import EvalError, KXNetError, report_error
 from kxnet.eval import report
 from kxnet.eval.evaluation import (
+    PRECISIONS,
     check_true_kernel,
     device_name,
     evaluate,
@@ -71,7 +72,8 @@ class EvalOptions:
 
     datasets: benchmark sets (None: the paper's four, those missing skipped); noise: noise
     levels (None: the setting's); true_kernel: X-net gets the true kernel; method: the row name
-    (None: from the model); warmup: untimed passes before each set; progress: a bar per set.
+    (None: from the model); warmup: untimed passes before each set; progress: a bar per set;
+    precision: ``32`` (the paper's numbers) or ``bf16`` (the proximal networks in bfloat16).
     """
 
     datasets: tuple[str, ...] | None = None
@@ -82,6 +84,7 @@ class EvalOptions:
     true_kernel: bool = False
     method: str | None = None
     progress: bool = False
+    precision: str = "32"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EvalOptions:
@@ -90,6 +93,13 @@ class EvalOptions:
         def listed(key: str, kind: Callable) -> tuple | None:
             value = cfg.get(key)
             return None if value is None else tuple(kind(v) for v in value)
+
+        precision = str(cfg.get("precision", "32"))
+        if precision not in PRECISIONS:
+            raise EvalError(
+                f"eval.precision={precision} is not a precision: use eval.precision=32 (the "
+                "paper's numbers) or eval.precision=bf16"
+            )
 
         return cls(
             datasets=listed("datasets", str),
@@ -100,6 +110,7 @@ class EvalOptions:
             true_kernel=bool(cfg.get("true_kernel", False)),
             method=cfg.get("method"),
             progress=bool(cfg.get("progress", False)),
+            precision=precision,
         )
 
 
@@ -179,6 +190,7 @@ def _records(
                 true_kernel=options.true_kernel,
                 warmup=options.warmup,
                 on_record=advance,
+                precision=options.precision,
             )
     return records
 

@@ -27,6 +27,8 @@ from kxnet.errors import EvalError
 from kxnet.nn import KXNet
 
 __all__ = [
+    "PRECISIONS",
+    "autocast",
     "method_name",
     "check_true_kernel",
     "evaluate",
@@ -76,6 +78,16 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+PRECISIONS = ("32", "bf16")
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of an inference ``precision``: ``32`` (off) or ``bf16``."""
+    if precision not in PRECISIONS:
+        raise EvalError(f"precision={precision} is not one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -91,6 +103,7 @@ def evaluate(
     true_kernel: bool = False,
     warmup: int = 0,
     on_record: Callable[[dict], None] | None = None,
+    precision: str = "32",
 ) -> list[dict]:
     """One record per item of ``dataset``, each item once, batch = one image.
 
@@ -100,21 +113,26 @@ def evaluate(
     X⁽⁰⁾ … X⁽ᵀ⁾) and ``seconds``, the wall time of the forward pass. ``true_kernel`` feeds the
     item's kernel to X-net in place of K-net's estimate. ``warmup`` forward passes on the first
     item run before timing starts. ``on_record`` is called with each record (a progress bar).
+    ``precision``: ``32`` (the paper's numbers), or ``bf16`` (autocast: the proximal networks
+    in bfloat16, the data terms in float32).
     """
     device = torch.device(device)
     model = model.eval().to(device)
     loader = DataLoader(dataset, batch_size=1, num_workers=num_workers)
+    cast = autocast(device, precision)
     if warmup and len(dataset):
         lr = dataset[0]["lr"][None].to(device)
         for _ in range(warmup):
-            model(lr)
+            with cast:
+                model(lr)
     records = []
     for batch in loader:
         lr, hr = batch["lr"].to(device), batch["hr"].to(device)
         kernel = batch["kernel"].to(device=device, dtype=lr.dtype)
         _synchronize(device)
         start = time.perf_counter()
-        out = model(lr, true_kernel=kernel if true_kernel else None)
+        with cast:
+            out = model(lr, true_kernel=kernel if true_kernel else None)
         _synchronize(device)
         seconds = time.perf_counter() - start
         psnr_y, ssim_y = metrics.psnr_ssim(out.sr, hr, dataset.scale)
