@@ -4,17 +4,19 @@
     python experiments/bench_gpu.py --smoke    # the same runs, tiny and on CPU: checks it works
 
 Runs ``kxnet.bench`` for x4, S = 19, batch 12, LR 64×64 (the paper's training size) in float32
-and bfloat16, eager and compiled (the first also against the authors' formulation, with stage
-checkpointing and the hot spots; the last with CUDA graphs), then the x2 inference of every
-Set5 image against the authors' formulation (the paper's
-Table 4: 0.38 s per image on a P100). Each run's table is printed and its ``bench.json`` kept
-under ``--out``; a summary table closes.
+and bfloat16, eager and compiled, against the authors' formulation, with stage checkpointing,
+the hot spots and the convolution formulations; then with CUDA graphs; the scaling sweep around
+the paper's sizes in both precisions (the README's scaling table); the x2 inference of every
+Set5 image against the authors' formulation (the paper's Table 4: 0.38 s per image on a P100);
+and the loader against the step time just measured. Each run's table is printed and its
+``bench.json`` kept under ``--out``; a summary table closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -29,26 +31,33 @@ SET5 = ("baby", "bird", "butterfly", "head", "woman")
 
 
 def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
-    size = ["batch=1", "lr_size=8", "model.net.stages=1", "warmup=0", "repeats=1"] if smoke else [
-        "batch=12", "lr_size=64", "model.net.stages=19", "warmup=2", "repeats=5",
-    ]  # fmt: skip
-    device = ["device=cpu", "threads=1", "rss=false"] if smoke else ["device=cuda"]
+    if smoke:
+        size = ["batch=1", "lr_size=8", "model.net.stages=1", "warmup=0", "repeats=1"]
+        device = ["device=cpu", "threads=1", "rss=false", "conv.warmup=0", "conv.repeats=1"]
+        sweep = ["scaling.stages=[1,2]", "scaling.lr_sizes=[8]", "scaling.batches=[1]"]
+        sweep += ["scaling.warmup=0", "scaling.repeats=1"]
+    else:
+        size = ["batch=12", "lr_size=64", "model.net.stages=19", "warmup=2", "repeats=5"]
+        device = ["device=cuda"]
+        sweep = ["scaling.batches=[4,8,12]"]
     train = ["scale=4", "setting=iso", *size, *device]
-    quick = ["compare.authors=false", "compare.checkpointing=false", "phases=[train,infer]"]
-    every = "phases=[train,infer,synthesis,hot_spots]"
     runs = [
-        ("x4 float32 eager", [*train, "dtype=float32", "model.net.compile=false", every]),
-        ("x4 bfloat16 eager", [*train, "dtype=bfloat16", "model.net.compile=false", *quick]),
-        ("x4 float32 compiled", [*train, "dtype=float32", "model.net.compile=true", *quick]),
-        ("x4 bfloat16 compiled", [*train, "dtype=bfloat16", "model.net.compile=true", *quick]),
+        (
+            "x4 float32 and bfloat16, eager and compiled",
+            [*train, "phases=[train,infer,synthesis,hot_spots,conv]", "compare.compile=true"],
+        )
     ]
     if not smoke:  # CUDA graphs
-        graphs = [*train, "dtype=bfloat16", "model.net.compile=reduce-overhead", *quick]
-        runs.append(("x4 bfloat16 CUDA graphs", graphs))
+        graphs = ["model.net.compile=reduce-overhead", "precisions=[float32,bfloat16]"]
+        graphs += ["compare.authors=false", "compare.checkpointing=false", "phases=[train]"]
+        runs.append(("x4 CUDA graphs", [*train, *graphs]))
+    for precision in ("float32", "bfloat16"):
+        scaling = ["phases=[scaling]", f"scaling.precision={precision}", *sweep]
+        runs.append((f"x4 scaling {precision}", [*train, *scaling]))
     stages = "model.net.stages=1" if smoke else "model.net.stages=19"
     for name in SET5[:1] if smoke else SET5:
         infer = ["scale=2", "setting=iso", stages, "phases=[infer]", f"infer.image=Set5/{name}.png"]
-        runs.append((f"Set5 {name} x2", [*infer, *device, *size[-2:]]))
+        runs.append((f"Set5 {name} x2", [*infer, *device, *size[-2:], "compare.compile=false"]))
     if not smoke:  # the loader against the step times measured above
         runs.append(("loader", ["phases=[loader]", *device]))
     return runs
@@ -68,7 +77,7 @@ def main() -> None:
         summary.add_column(col, justify="left" if i < 2 else "right", no_wrap=True)
     with initialize_config_module("kxnet.conf.bench", version_base="1.3"):
         for i, (name, overrides) in enumerate(_runs(args.smoke)):
-            out = args.out / f"{i:02d}_{name.replace(' ', '_')}"
+            out = args.out / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
             out.mkdir(parents=True, exist_ok=True)
             cfg = compose("bench", overrides=[*overrides, f"paths.output_dir={out}"])
             console.rule(name)
@@ -79,24 +88,32 @@ def main() -> None:
                 summary.add_row(name, "failed", f"{type(error).__name__}: {error}"[:60])
                 continue
             (out / "bench.json").write_text(json.dumps(report, indent=2, default=float))
-            if not report["results"]:
+            if "loader" in report:
                 rate = report["loader"]["forms"]["prepared"]["crops_per_s"]
                 needed = report["loader"]["needed_crops_per_s"]
                 summary.add_row(name, "cpu loader", f"{rate:.0f} crops/s", f"{needed:.0f} needed")
                 continue
+            if "scaling" in report:
+                paper = report["scaling"]["paper"]["plain"]
+                step = bench.format_seconds(paper["seconds"])
+                summary.add_row(
+                    name, "paper step", step, "", bench.format_bytes(paper["peak_bytes"])
+                )
+                continue
             phase = "train" if "train/kxnet" in report["results"] else "infer"
-            ours = report["results"][f"{phase}/kxnet"]
-            fraction = ours.get("conv_fraction_of_peak")
-            ratio = ours.get("vs_authors", {}).get("wall_s")
-            summary.add_row(
-                f"{name} ({phase})",
-                report["device"]["name"],
-                bench.format_seconds(ours["wall_s"]["median"]),
-                bench.format_seconds(ours["first_call_s"]),
-                bench.format_bytes(ours["memory"]["peak_bytes"]),
-                "–" if fraction is None else f"{fraction:.0%}",
-                bench.format_ratio(ratio),
-            )
+            for variant, ours in report["results"].items():
+                if not variant.startswith(f"{phase}/kxnet"):
+                    continue
+                fraction = ours.get("conv_fraction_of_peak")
+                summary.add_row(
+                    f"{name}: {variant}",
+                    report["device"]["name"],
+                    bench.format_seconds(ours["wall_s"]["median"]),
+                    bench.format_seconds(ours["first_call_s"]),
+                    bench.format_bytes(ours["memory"]["peak_bytes"]),
+                    "–" if fraction is None else f"{fraction:.0%}",
+                    bench.format_ratio(ours.get("vs_authors", {}).get("wall_s")),
+                )
     console.print(summary)
     console.print(f"reports in {args.out}")
 

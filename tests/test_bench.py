@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kxnet.bench.formulations import FORMULATIONS
 from kxnet.bench.runner import HOT_SPOTS, TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,15 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
         "rss=false",
         f"paths.benchmark_dir={tmp_path}",
         "infer.image=tiny.png",
+        "compare.compile=false",
+        "conv.warmup=0",
+        "conv.repeats=1",
+        "scaling.stages=[1,2]",
+        "scaling.lr_sizes=[8,12]",
+        "scaling.batches=[1,2]",
+        "scaling.checkpointing=[false,true]",
+        "scaling.warmup=0",
+        "scaling.repeats=1",
         "loader.images=2",
         "loader.workers=1",
         "loader.seconds=0.1",
@@ -51,10 +61,14 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
 
     assert report["device"]["type"] == "cpu" and report["device"]["threads"] == 1
     assert report["infer_input"]["lr_shape"] == [1, 3, 12, 15]
-    assert report["matmul_peak_flops_per_s"]["float32"] > 0
+    assert set(report["matmul_peak_flops_per_s"]) == {"float32", "bfloat16"}
+    assert report["device"]["name"] and isinstance(report["device"]["native_bf16"], bool)
     phases = ["train", "infer", "synthesis"] + [f"hot_spot/{name}" for name in HOT_SPOTS]
     expected = {f"{phase}/{side}" for phase in phases for side in ("kxnet", "authors")}
-    assert set(report["results"]) == expected | {"train/kxnet_checkpointed"}
+    expected |= {"train/kxnet_checkpointed", "train/kxnet_bf16", "infer/kxnet_bf16"}
+    assert set(report["results"]) == expected
+    bf16 = report["results"]["train/kxnet_bf16"]
+    assert bf16["vs_fp32"] > 0 and bf16["flops"] == report["results"]["train/kxnet"]["flops"]
     for name, result in report["results"].items():
         assert len(result["wall_s"]["all"]) == (1 if name.startswith("hot_spot/") else 2), name
         assert result["cpu_s"]["median"] > 0 and result["first_call_s"] > 0
@@ -68,6 +82,19 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     # recomputing the stages in the backward pass costs FLOPs
     train = report["results"]["train/kxnet"]["flops"]
     assert report["results"]["train/kxnet_checkpointed"]["flops"] > train
+    conv = report["conv"]["results"]
+    assert set(conv) == {f"{f}/{p}" for f in FORMULATIONS for p in ("float32", "bfloat16")}
+    assert all(r["flops_per_s"] > 0 and r["fraction_of_peak"] > 0 for r in conv.values())
+    scaling = report["scaling"]
+    # S 1, 2; LR 8, 12; batch 1, 2 around (1, 8, 1): 4 distinct points, with and without
+    assert len(scaling["points"]) == 2 * 4
+    for kind in ("plain", "checkpointed"):
+        assert scaling["fits"][kind]["seconds"]["per_stage"]["slope"] > 0
+        assert scaling["paper"][kind]["peak_bytes"] > 0
+    plain, ckpt = (
+        scaling["fits"][k]["peak_bytes"]["per_stage"]["slope"] for k in ("plain", "checkpointed")
+    )
+    assert ckpt < plain  # checkpointing keeps less per stage
     loader_targets = {
         "loader_prepared_vs_png",
         "loader_prepared_crops_per_s",
@@ -99,7 +126,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
 
     for overrides, message in [
         (["phases=[train,bogus]"], "phases must be a non-empty list"),
-        (["dtype=float16"], "dtype must be one of"),
+        (["precisions=[float16]"], "precisions must list float32"),
         (["infer.image=Set5/missing.png"], "missing.png does not exist"),
     ]:
         done = bench(*overrides)
@@ -126,7 +153,8 @@ def test_gpu_script_runs_in_its_reduced_cpu_form(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "failed" not in done.stdout, done.stdout[-3000:]
-    reports = sorted(tmp_path.glob("*/bench.json"))
-    assert len(reports) == 5
-    compiled = json.loads(reports[2].read_text())
-    assert compiled["config"]["model"]["net"]["compile"] is True
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/bench.json"))]
+    assert len(reports) == 4  # x4 every variant, scaling in float32 and bfloat16, Set5 x2
+    variants = set(reports[0]["results"])
+    assert {"train/kxnet_compiled", "train/kxnet_bf16_compiled", "infer/kxnet_bf16"} <= variants
+    assert [r["scaling"]["precision"] for r in reports[1:3]] == ["float32", "bfloat16"]

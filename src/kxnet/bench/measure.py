@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 __all__ = [
@@ -274,7 +275,10 @@ def count_flops(fn: Callable[[], object]) -> dict[str, int]:
 def matmul_peak(
     device: torch.device, dtype: torch.dtype = torch.float32, size: int = 0, repeats: int = 5
 ) -> float:
-    """The best FLOP/s of a dense square matrix product over ``repeats`` runs (after one).
+    """The best FLOP/s of a dense matrix product over ``repeats`` runs (after one): the better of
+    ``a @ b`` (MKL or cuBLAS) and the same product as a 1×1 convolution (oneDNN or cuDNN, the
+    libraries of the network's convolutions; MKL's float32 product is far slower than oneDNN's
+    on some AMD CPUs, which would make the convolutions look faster than "the peak").
 
     On CUDA a float32 product may use TF32 exactly when cuDNN convolutions may
     (``torch.backends.cudnn.allow_tf32``), so that the peak is that of the convolutions' math.
@@ -283,14 +287,19 @@ def matmul_peak(
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, generator=generator, device=device).to(dtype)
     b = torch.randn(size, size, generator=generator, device=device).to(dtype)
+    side = int(math.isqrt(size))
+    pixels = a[: side * side].T.reshape(1, size, side, side)
+    image = pixels.contiguous(memory_format=torch.channels_last)
+    weight = b.T.reshape(size, size, 1, 1).contiguous(memory_format=torch.channels_last)
     matmul = torch.backends.cuda.matmul
     tf32 = matmul.allow_tf32
     matmul.allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     try:
-        timing = time_calls(lambda: a @ b, device, warmup=1, repeats=repeats)
+        product = time_calls(lambda: a @ b, device, warmup=1, repeats=repeats)
+        conv = time_calls(lambda: F.conv2d(image, weight), device, warmup=1, repeats=repeats)
     finally:
         matmul.allow_tf32 = tf32
-    return 2 * size**3 / min(timing.wall)
+    return max(2 * size**3 / min(product.wall), 2 * size**2 * side**2 / min(conv.wall))
 
 
 def _context(preload: str) -> multiprocessing.context.BaseContext:

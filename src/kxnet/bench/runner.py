@@ -1,7 +1,9 @@
 """The benchmark of ``python -m kxnet.bench``: KXNet's speed and memory, against the authors'
 formulation.
 
-For one configuration (scale, setting, stages, batch, LR patch, device, dtype) it measures
+For one configuration (scale, setting, stages, batch, LR patch, device) it measures, in every
+precision of ``precisions`` (float32; bfloat16: autocast of the proximal networks) and, with
+``compare.compile``, compiled (``torch.compile`` of each stage) as well as eager,
 
 - the training step (forward, the loss of Eq. 12, backward, Adam step) and the inference pass
   (``torch.inference_mode``, one benchmark image): wall time after warm-up over repetitions
@@ -11,7 +13,7 @@ For one configuration (scale, setting, stages, batch, LR patch, device, dtype) i
   tensors' peak (CUDA allocator, or the profiler's record of allocations on CPU), and on CPU the
   resident-set growth, in a fresh process per variant;
 - the model FLOPs, the achieved FLOP/s, and the convolutions' FLOP/s as a fraction of the dense
-  matrix-multiply peak measured in the same run;
+  matrix-multiply peak measured in the same run and the same precision;
 - the synthesis of a training batch (:class:`kxnet.data.synthesis.Degradation`: random kernels,
   blur and downsample, noise), and the training loss is :class:`kxnet.loss.StageLoss`;
 - the same for the authors' formulation of the operators (:mod:`kxnet.bench.authors`, same
@@ -25,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import platform
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -35,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from kxnet import kernels, physics
-from kxnet.bench import authors, loader, measure
+from kxnet import hardware, kernels, physics
+from kxnet.bench import authors, formulations, loader, measure, scaling
 from kxnet.checks import check_device
 from kxnet.config import resolve_path
 from kxnet.data.images import read_image
@@ -47,6 +48,7 @@ from kxnet.nn import KXNet
 __all__ = ["run", "TARGETS", "format_seconds", "format_bytes", "format_ratio"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SHORT = {"float32": "", "bfloat16": "_bf16"}
 
 # The goals this project sets itself against the authors' code (ratios ours / theirs).
 TARGETS = {
@@ -56,6 +58,8 @@ TARGETS = {
     "infer_time_ratio": ("inference time / authors'", "<=", 0.7),
     "conv_fraction_of_peak": ("convolution FLOP/s / matmul peak", ">=", 0.8),
     "synthesis_fraction_of_step": ("synthesis time / training step", "<=", 0.05),
+    "bf16_train_time_ratio": ("bf16 training step / authors' float32 step", "<=", 0.35),
+    "bf16_conv_fraction_of_peak": ("bf16 convolution FLOP/s / bf16 matmul peak", ">=", 0.5),
 }
 
 
@@ -219,10 +223,11 @@ def measure_phase(specs: dict[str, dict[str, Any]], common: dict[str, Any]) -> d
     variants = {}
     for name, spec in specs.items():
         result = timings[name].summary() | {"memory": measure.profile_call(fns[name], device)}
-        if spec["kind"] in ("train", "infer"):
-            counted = fns[name]
+        if spec["kind"] in ("train", "infer") and spec.get("count_flops", True):
+            eager = spec | {"compile": False}
+            counted = BUILDERS[spec["kind"]](eager, device) if spec["compile"] else fns[name]
             if spec["kind"] == "infer":
-                counted = _infer_callable(spec, device, inference_mode=False)
+                counted = _infer_callable(eager, device, inference_mode=False)
             flops = measure.count_flops(counted)
             conv_s = result["memory"].pop("conv_s")
             result |= {
@@ -237,7 +242,7 @@ def measure_phase(specs: dict[str, dict[str, Any]], common: dict[str, Any]) -> d
         variants[name] = result
     peaks = {}
     if common["matmul_peak"]:
-        for dtype in sorted({"float32", common["dtype"]}):
+        for dtype in common["precisions"]:
             peaks[dtype] = measure.matmul_peak(device, DTYPES[dtype])
     return {"variants": variants, "matmul_peak": peaks}
 
@@ -247,17 +252,6 @@ def measure_rss(spec: dict[str, Any]) -> dict[str, Any]:
     measure.set_threads(spec["threads"])
     device = torch.device(spec["device"])
     return measure.rss_peak(lambda: BUILDERS[spec["kind"]](spec, device))
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
@@ -278,15 +272,18 @@ def _infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     return (lr * 255).round().clamp(0, 255) / 255, str(path)
 
 
-PHASES = ("train", "infer", "synthesis", "hot_spots", "loader")
+PHASES = ("train", "infer", "synthesis", "hot_spots", "conv", "scaling", "loader")
 
 
 def _check(cfg: DictConfig) -> None:
     unknown = set(cfg.phases) - set(PHASES)
     if unknown or not cfg.phases:
         raise ValueError(f"phases must be a non-empty list of {list(PHASES)}, got {cfg.phases}")
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    unknown = [p for p in cfg.precisions if p not in DTYPES]
+    if unknown or "float32" not in cfg.precisions:
+        raise ValueError(
+            f"precisions must list float32 and any of {sorted(DTYPES)}, got {list(cfg.precisions)}"
+        )
     for key in ("batch", "lr_size", "repeats"):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
@@ -294,8 +291,8 @@ def _check(cfg: DictConfig) -> None:
         raise ValueError(f"model.net.stages must be >= 1 to train, got {cfg.model.net.stages}")
 
 
-def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict[str, dict]:
-    """Every phase of the run and its variants: ``{phase: {variant: picklable spec}}``."""
+def _sides(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor | None) -> tuple:
+    """The specs of ours (as configured, float32) and of the authors' formulation."""
     p = int(cfg.model.net.kernel_size)
     if cfg.lr_size * cfg.scale <= p // 2:
         raise ValueError(f"lr_size={cfg.lr_size} is too small for kernel size {p} at x{cfg.scale}")
@@ -311,7 +308,7 @@ def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict
         "stages": int(cfg.model.net.stages),
         "batch": int(cfg.batch),
         "lr_size": int(cfg.lr_size),
-        "dtype": str(cfg.dtype),
+        "dtype": "float32",
         "infer_lr": infer_lr,
     }
     ours = common | {
@@ -329,11 +326,26 @@ def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict
         "compile": False,
         "dtype": "float32",
     }
-    sides = {"kxnet": ours} | ({"authors": theirs} if cfg.compare.authors else {})
+    return ours, theirs
+
+
+def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict[str, dict]:
+    """Every phase of the run and its variants: ``{phase: {variant: picklable spec}}``."""
+    ours, theirs = _sides(cfg, device, infer_lr)
+    variants = {}
+    for precision in cfg.precisions:
+        compiled = [False, ours["compile"] or True] if cfg.compare.compile else [ours["compile"]]
+        for mode in dict.fromkeys(compiled):
+            name = "kxnet" + SHORT[precision] + ("_compiled" if mode else "")
+            variants[name] = ours | {"dtype": str(precision), "compile": mode}
+    sides = variants | ({"authors": theirs} if cfg.compare.authors else {})
     phases: dict[str, dict[str, dict]] = {}
-    for phase in ("train", "infer", "synthesis"):
+    for phase in ("train", "infer"):
         if phase in cfg.phases:
             phases[phase] = {side: spec | {"kind": phase} for side, spec in sides.items()}
+    if "synthesis" in cfg.phases:
+        pair = {"kxnet": ours} | ({"authors": theirs} if cfg.compare.authors else {})
+        phases["synthesis"] = {side: spec | {"kind": "synthesis"} for side, spec in pair.items()}
     if "train" in phases and cfg.compare.checkpointing and not cfg.model.net.checkpoint_stages:
         checkpointed = ours | {"kind": "train", "checkpoint_stages": True}
         phases["train"] = {
@@ -356,10 +368,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _ratios(results: dict[str, dict]) -> None:
-    """Add to each result of ours its time and memory as a ratio to the authors' (same phase)."""
+    """Add to each result of ours its time and memory as a ratio to the authors' (same phase),
+    and its time as a ratio to ours in float32, eager (``kxnet``)."""
     for name, result in results.items():
         phase, side = name.rsplit("/", 1)
         theirs = results.get(f"{phase}/authors")
+        fp32 = results.get(f"{phase}/kxnet")
+        if side != "authors" and fp32 is not None:
+            result["vs_fp32"] = _ratio(result["wall_s"]["median"], fp32["wall_s"]["median"])
         if side == "authors" or theirs is None:
             continue
         result["vs_authors"] = {
@@ -379,6 +395,7 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
 
     train = results.get("train/kxnet", {})
     step = train.get("wall_s", {}).get("median")
+    bf16 = results.get("train/kxnet_bf16", {})
     synthesis = results.get("synthesis/kxnet", {}).get("wall_s", {}).get("median")
     measured = {
         "train_time_ratio": vs("train/kxnet", "wall_s"),
@@ -389,6 +406,8 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
         "infer_time_ratio": vs("infer/kxnet", "wall_s"),
         "conv_fraction_of_peak": train.get("conv_fraction_of_peak"),
         "synthesis_fraction_of_step": _ratio(synthesis, step),
+        "bf16_train_time_ratio": vs("train/kxnet_bf16", "wall_s"),
+        "bf16_conv_fraction_of_peak": bf16.get("conv_fraction_of_peak"),
     }
     targets = {}
     for key, (label, op, bound) in TARGETS.items():
@@ -419,6 +438,68 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
     return table
 
 
+def _conv_table(result: dict[str, Any], cfg: dict) -> Table:
+    peaks = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in result["matmul_peak"].items())
+    title = (
+        f"proxNet_X convolution, {result['channels']} channels, batch {cfg['batch']}, LR "
+        f"{cfg['lr_size']}², forward + both gradients (matmul peak GFLOP/s: {peaks})"
+    )
+    table = _table(title, ("formulation", "precision", "time", "GFLOP/s", "of peak"))
+    for name, r in result["results"].items():
+        form, precision = name.split("/")
+        table.add_row(
+            form,
+            precision,
+            format_seconds(r["seconds"]),
+            f"{r['flops_per_s'] / 1e9:.0f}",
+            f"{r['fraction_of_peak']:.0%}",
+        )
+    return table
+
+
+def _scaling_tables(result: dict[str, Any]) -> list[Table]:
+    base = result["base"]
+    points = _table(
+        f"Training step against S, LR patch and batch ({result['precision']}; around S = "
+        f"{base['stages']}, LR {base['lr_size']}, batch {base['batch']})",
+        ("S", "LR", "batch", "checkpointed", "time", "memory"),
+    )
+    for m in result["points"].values():
+        p = m["point"]
+        points.add_row(
+            str(p["stages"]),
+            str(p["lr_size"]),
+            str(p["batch"]),
+            "yes" if p["checkpoint_stages"] else "no",
+            format_seconds(m["seconds"]),
+            format_bytes(m["peak_bytes"]),
+        )
+    fits = _table(
+        "Fitted growth: a + b·S (at the base patch and batch), a + b·(batch · LR pixels) (at "
+        "the base S); the paper's x4 step (S = 19, batch 12, LR 64²) read off them",
+        ("", "time a", "time b", "max error", "memory a", "memory b", "max error", "paper step"),
+    )
+    for kind, entry in result["fits"].items():
+        paper = result["paper"][kind]
+        for axis, label in (("per_stage", "per stage"), ("per_pixel", "per LR pixel")):
+            t, m = entry["seconds"][axis], entry["peak_bytes"][axis]
+            fits.add_row(
+                f"{kind}, {label}",
+                format_seconds(t["intercept"]),
+                f"{t['slope'] * (1e3 if axis == 'per_stage' else 1e6):.3g} "
+                + ("ms" if axis == "per_stage" else "µs"),
+                f"{t['max_rel_error']:.0%}",
+                format_bytes(m["intercept"]),
+                f"{m['slope'] / (2**20 if axis == 'per_stage' else 2**10):.3g} "
+                + ("MiB" if axis == "per_stage" else "KiB"),
+                f"{m['max_rel_error']:.0%}",
+                f"{format_seconds(paper['seconds'])}, {format_bytes(paper['peak_bytes'])}"
+                if axis == "per_pixel"
+                else "",
+            )
+    return [points, fits]
+
+
 def _loader_table(result: dict[str, Any]) -> Table:
     title = (
         f"Loader: HR {result['patch']}² crops/s, batch {result['batch']}, {result['workers']} "
@@ -441,11 +522,13 @@ def _print(report: dict[str, Any], console: Console) -> None:
     shape = "" if infer is None else f" · infer: LR {infer['lr_shape'][-1]}×{infer['lr_shape'][-2]}"
     title = (
         f"KXNet x{cfg['scale']}, S={cfg['model']['net']['stages']}, {cfg['setting']['name']}, "
-        f"p={cfg['model']['net']['kernel_size']}, {cfg['dtype']} · train: batch {cfg['batch']}, "
+        f"p={cfg['model']['net']['kernel_size']} · train: batch {cfg['batch']}, "
         f"LR {cfg['lr_size']}×{cfg['lr_size']}{shape} · {dev['name']}, {dev['threads']} threads"
+        + (f", native bf16: {', '.join(dev['bf16'])}" if dev.get("bf16") else "")
     )
     columns = ("task", "time", "spread", "CPU time", "memory", "RSS", "GFLOP", "conv/peak")
-    table = _table(title, columns + ("time ×auth.", "CPU ×auth.", "memory ×auth."))
+    ratio_columns = ("time ×fp32", "time ×auth.", "CPU ×auth.", "memory ×auth.")
+    table = _table(title, columns + ratio_columns)
     spots = _table(
         "Hot spots alone, ours against the authors' formulation (float32)",
         ("operator", "ours", "authors'", "time ×", "CPU ×", "ours memory", "authors'", "memory ×"),
@@ -476,6 +559,7 @@ def _print(report: dict[str, Any], console: Console) -> None:
             format_bytes(r["rss"]["step"]) if "rss" in r else "–",
             f"{r['flops'] / 1e9:.1f}" if "flops" in r else "–",
             f"{r['conv_fraction_of_peak']:.0%}" if "conv_fraction_of_peak" in r else "–",
+            format_ratio(r["vs_fp32"]) if "vs_fp32" in r else "",
             *ratios,
         )
     console.print(table)
@@ -487,9 +571,67 @@ def _print(report: dict[str, Any], console: Console) -> None:
         value = "–" if t["value"] is None else f"{t['value']:.3f}"
         met = {True: "yes", False: "no", None: "–"}[t["met"]]
         goals.add_row(t["label"], value, t["target"], met)
+    if "conv" in report:
+        console.print(_conv_table(report["conv"], cfg))
+    if "scaling" in report:
+        for table in _scaling_tables(report["scaling"]):
+            console.print(table)
     if "loader" in report:
         console.print(_loader_table(report["loader"]))
     console.print(goals)
+
+
+def _conv_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "threads": cfg.threads,
+        "scale": int(cfg.scale),
+        "batch": int(cfg.batch),
+        "lr_size": int(cfg.lr_size),
+        "precisions": list(cfg.precisions),
+        "warmup": int(cfg.conv.warmup),
+        "repeats": int(cfg.conv.repeats),
+    }
+
+
+def _scaling(cfg: DictConfig, device: torch.device, console: Console) -> dict[str, Any]:
+    """The scaling sweep (:mod:`kxnet.bench.scaling`): every point a training step in a process
+    of its own, then the fits and the paper configuration read off them."""
+    spec = cfg.scaling
+    base = {
+        "stages": int(cfg.model.net.stages),
+        "lr_size": int(cfg.lr_size),
+        "batch": int(cfg.batch),
+    }
+    sweep = {"stages": spec.stages, "lr_size": spec.lr_sizes, "batch": spec.batches}
+    plan = _sides(cfg, device, None)[0] | {"kind": "train"}
+    common = {
+        "device": str(device),
+        "threads": cfg.threads,
+        "precisions": [str(spec.precision)],
+        "warmup": int(spec.warmup),
+        "repeats": int(spec.repeats),
+        "matmul_peak": False,
+    }
+    measured = {}
+    for name, point in scaling.points(base, sweep, list(spec.checkpointing)).items():
+        console.log(f"timing scaling/{name}")
+        variant = plan | point | {"dtype": str(spec.precision), "compile": False}
+        variant["count_flops"] = False
+        result = measure.run_isolated(measure_phase, {name: variant}, common)["variants"][name]
+        measured[name] = {
+            "point": point,
+            "seconds": result["wall_s"]["median"],
+            "peak_bytes": result["memory"]["peak_bytes"],
+        }
+    fits = scaling.fit(measured, base)
+    return {
+        "precision": str(spec.precision),
+        "base": base,
+        "points": measured,
+        "fits": fits,
+        "paper": scaling.paper_estimate(fits, base),
+    }
 
 
 def _gpu_step_s(cfg: DictConfig) -> float | None:
@@ -569,7 +711,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         common = {
             "device": str(device),
             "threads": cfg.threads,
-            "dtype": str(cfg.dtype),
+            "precisions": list(cfg.precisions),
             "warmup": int(reps.warmup),
             "repeats": int(reps.repeats),
             "matmul_peak": not peak and phase in ("train", "infer"),
@@ -584,16 +726,18 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
             results[f"{phase}/{side}"] = result
     for name, result in results.items():
         if "conv_flops_per_s" in result:
-            rate = peak["float32" if name.endswith("/authors") else str(cfg.dtype)]
-            result["conv_fraction_of_peak"] = result["conv_flops_per_s"] / rate
+            precision = "bfloat16" if "_bf16" in name else "float32"
+            result["conv_fraction_of_peak"] = result["conv_flops_per_s"] / peak[precision]
     _ratios(results)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    cuda = device.type == "cuda"
     report = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "device": {
             "type": device.type,
-            "name": name,
+            "name": torch.cuda.get_device_name(device) if cuda else hardware.cpu_name(),
             "threads": cfg.threads or torch.get_num_threads(),
+            "bf16": ["cuda"] if cuda and torch.cuda.is_bf16_supported() else hardware.cpu_bf16(),
+            "native_bf16": cuda or hardware.native_bf16(),
         },
         "torch": torch.__version__,
         "infer_input": image and {"image": image, "lr_shape": list(infer_lr.shape)},
@@ -601,6 +745,12 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "results": results,
         "targets": _targets(results, bool(cfg.model.net.checkpoint_stages)),
     }
+    if "conv" in cfg.phases:
+        console.log(f"timing conv: {', '.join(formulations.FORMULATIONS)}")
+        spec = _conv_spec(cfg, device)
+        report["conv"] = measure.run_isolated(formulations.measure_formulations, spec)
+    if "scaling" in cfg.phases:
+        report["scaling"] = _scaling(cfg, device, console)
     if "loader" in cfg.phases:
         report["loader"] = _loader(cfg, console)
         report["targets"] |= _loader_targets(report["loader"])
