@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from kxnet import hardware
 from kxnet.checkpoint import read_checkpoint, save_weights
 from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
@@ -43,6 +44,15 @@ def _command_line() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _precision_note(trainer: pl.Trainer) -> str:
+    """What the precision means on this machine, for the log line at start."""
+    bf16 = hardware.cpu_bf16()
+    if trainer.strategy.root_device.type != "cpu":
+        return f"on {trainer.strategy.root_device}"
+    native = f"native bfloat16 on this CPU: {', '.join(bf16)}" if bf16 else "no native bfloat16"
+    return f"{hardware.cpu_name()}, {native}"
+
+
 def train(cfg: DictConfig) -> float | None:
     """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
     paper reports, or the best on validation), export its weights and (with ``cfg.eval``)
@@ -61,6 +71,7 @@ def train(cfg: DictConfig) -> float | None:
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         log.info("W&B mode: %s", default_wandb_mode())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log.info("precision: %s (%s)", trainer.precision, _precision_note(trainer))
     if cfg.model.net.stages > 0:
         check_training_data(datamodule, trainer.world_size, cfg, overrides)
     finished = False
