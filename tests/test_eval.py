@@ -18,13 +18,14 @@ from kxnet.checkpoint import load_model, save_weights
 from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.eval import driver as kx_eval
+from kxnet.eval.report import PAPER_TABLES
 from kxnet.nn import KXNet
 
 REPO = project_root()
 BUNDLED = REPO / "data" / "benchmarks"
 SHARED = Path(os.environ.get("KXNET_SHARED_DATA", REPO.parent / "shared" / "data"))
 OFFICIAL = REPO / "tests" / "fixtures" / "official_x2_s2_p11.pt"
-PAPER = json.loads((REPO / "experiments" / "paper_tables.json").read_text())
+PAPER = json.loads(PAPER_TABLES.read_text())
 # Paper Tables 1-2, "Bicubic" rows: (setting, scale, noise) → {dataset: [PSNR, SSIM]}.
 PAPER_BICUBIC = {
     (PAPER[t]["setting"], r["scale"], float(r["noise"])): r["cells"]
