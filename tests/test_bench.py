@@ -96,6 +96,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1300)  # its own limit, 1200 s, comes first
 def test_gpu_script_runs_in_its_reduced_cpu_form(tmp_path):
     done = subprocess.run(
         [sys.executable, "experiments/bench_gpu.py", "--smoke", "--out", str(tmp_path)],
