@@ -71,7 +71,7 @@ def test_optuna_search_runs_two_trials_and_keeps_the_best(tmp_path, tiny_benchma
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
-        timeout=600,
+        timeout=540,
         env=ONE_THREAD,
     )
     output = result.stdout + result.stderr
@@ -112,7 +112,7 @@ def test_local_launcher_runs_each_job_as_a_process_of_its_own(tmp_path, tiny_ben
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
-        timeout=600,
+        timeout=540,
         env=ONE_THREAD,
     )
     output = result.stdout + result.stderr
