@@ -3,8 +3,9 @@
     python experiments/realsr_example.py CHECKPOINT IMAGE --out experiments/results/realsr
 
 Writes ``NAME.png`` (a central crop of the LR photo enlarged by pixel repetition, the bicubic
-initialisation X⁽⁰⁾ and KXNet's SR image, side by side) and ``NAME_kernels.png`` (the kernel
-estimated at every stage, stage 0 the Gaussian initialisation, on one intensity scale).
+initialisation X⁽⁰⁾ and KXNet's SR image, side by side, titled "LR", "bicubic" and "KXNet x2"; a
+real photo has no HR image, so no PSNR) and ``NAME_kernels.png`` (the kernel estimated at every
+stage, numbered, stage 0 the Gaussian initialisation, on one intensity scale).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main() -> None:
     with torch.inference_mode():
         out = model(lr[None])
     args.out.mkdir(parents=True, exist_ok=True)
-    _save(comparison_strip(lr, out.images[0][0], out.sr[0]), args.out / f"{args.image.stem}.png")
+    strip = comparison_strip(lr, out.images[0][0], out.sr[0], method=f"KXNet x{model.scale}")
+    _save(strip, args.out / f"{args.image.stem}.png")
     kernels = kernel_strip([k[0] for k in out.kernels], zoom=6)
     _save(kernels, args.out / f"{args.image.stem}_kernels.png")
     print(f"{args.image.name}: {side}×{side} LR crop, x{model.scale}, S = {model.num_stages}")

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from kxnet.errors import ReportError
-from kxnet.eval.report import TABLES, load_results, paper_table, write_files
+from kxnet.eval.report import PAPER_TABLES, TABLES, load_results, paper_table, write_files
 
-PAPER = Path(__file__).resolve().parent / "paper_tables.json"
+PAPER = PAPER_TABLES
 
 
 def main(argv: list[str] | None = None) -> int:

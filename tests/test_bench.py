@@ -88,8 +88,9 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     scaling = report["scaling"]
     # S 1, 2; LR 8, 12; batch 1, 2 around (1, 8, 1): 4 distinct points, with and without
     assert len(scaling["points"]) == 2 * 4
-    for kind in ("plain", "checkpointed"):
-        assert scaling["fits"][kind]["seconds"]["per_stage"]["slope"] > 0
+    assert all(m["seconds"] > 0 for m in scaling["points"].values())
+    for kind in ("plain", "checkpointed"):  # memory, unlike time at this size, is not noisy
+        assert scaling["fits"][kind]["peak_bytes"]["per_stage"]["slope"] > 0
         assert scaling["paper"][kind]["peak_bytes"] > 0
     plain, ckpt = (
         scaling["fits"][k]["peak_bytes"]["per_stage"]["slope"] for k in ("plain", "checkpointed")
@@ -143,6 +144,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1300)  # its own limit, 1200 s, comes first
 def test_gpu_script_runs_in_its_reduced_cpu_form(tmp_path):
     done = subprocess.run(
         [sys.executable, "experiments/bench_gpu.py", "--smoke", "--out", str(tmp_path)],

@@ -76,3 +76,16 @@ def test_release_restores_the_environment_for_the_next_job(monkeypatch):
     launcher.release()
     assert "LOCAL_RANK" not in os.environ and "MASTER_PORT" not in os.environ
     assert os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def test_ddp_tests_run_under_the_default_timeout(request):
+    """A hung rank or gloo collective fails the test after pytest-timeout's limit (no DDP test
+    sets a longer one of its own)."""
+    assert float(request.config.getini("timeout")) == 600
+    assert request.config.getini("timeout_method") == "thread"
+    ddp_tests = [
+        item
+        for item in request.session.items
+        if "ddp" in item.name and item.get_closest_marker("timeout") is not None
+    ]
+    assert ddp_tests == []

@@ -533,7 +533,7 @@ def test_ranks_agree_to_skip_and_roll_back_under_ddp(tmp_path):
         f"+callbacks.probe.path={tmp_path / 'probe.pt'}",
         f"hydra.run.dir={run}",
     ]
-    code, out, err = _finish(_cli(args, tmp_path), timeout=600)
+    code, out, err = _finish(_cli(args, tmp_path), timeout=540)  # under pytest-timeout's 600 s
     assert code == 0, err[-3000:]
     probes = [
         torch.load(tmp_path / f"probe.pt.rank{r}", weights_only=True)["steps"] for r in (0, 1)

@@ -192,6 +192,7 @@ def test_stage_sequence(model, tmp_path):
         "k_00.png",
         "k_01.png",
         "kernels.npy",
+        "kernels.png",
         "x_00.png",
         "x_01.png",
     ]
@@ -203,6 +204,10 @@ def test_stage_sequence(model, tmp_path):
     np.testing.assert_allclose(kernels.sum((1, 2)), 1, atol=1e-5)
     np.testing.assert_array_equal(kernels[-1], np.load(out / "rgb_kernel.npy"))
     assert (stages / "x_01.png").read_bytes() == (out / "rgb.png").read_bytes()
+    with Image.open(stages / "kernels.png") as strip, Image.open(stages / "k_00.png") as one:
+        # Both kernels side by side with their stage numbers under them; each one titled.
+        assert strip.mode == "RGB" and strip.size[0] == 2 * 11 * 5 + 2 and strip.size[1] > 55
+        assert one.mode == "L" and one.size[1] > one.size[0]
     lr = read_image(inputs["rgb.png"]).unsqueeze(0)
     bicubic = F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False)
     expected = (bicubic[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -11,7 +11,7 @@ from kxnet.config import project_root
 from kxnet.eval import report
 
 REPO = project_root()
-PAPER = json.loads((REPO / "experiments" / "paper_tables.json").read_text())
+PAPER = json.loads(report.PAPER_TABLES.read_text())
 
 
 @pytest.fixture(scope="module")

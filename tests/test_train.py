@@ -18,7 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from kxnet import KXNet
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.errors import ImageFolderError, StartupError
+from kxnet.eval import driver
 from kxnet.metrics import psnr
+from kxnet.pictures import comparison_strip
 from kxnet.train import train
 from kxnet.train.loggers import default_wandb_mode
 from kxnet.train.module import KXNetModule
@@ -235,7 +237,7 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
-        timeout=600,
+        timeout=540,  # fails alone, before pytest-timeout (600 s) ends the session
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -252,7 +254,14 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
         assert _loads(_weights(run)).num_stages == stages
 
 
-def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, capsys):
+def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, capsys, monkeypatch):
+    titled = []
+
+    def spy(*args, **kwargs):
+        titled.append(kwargs)
+        return comparison_strip(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "comparison_strip", spy)
     eval_cfg = "eval={datasets: [Tiny], noise: [0], device: cpu, num_workers: 0}"
     cfg = compose_train(tmp_path, "debug=limit", eval_cfg, *tiny_benchmark, *QUIET)
     train(cfg)
@@ -275,6 +284,14 @@ def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, caps
     with torch.no_grad():
         sr = net(sample["lr"][None]).sr
     assert item["psnr_y"] == pytest.approx(psnr(sr, sample["hr"][None], 2).item(), abs=1e-6)
+    # The pictures' titles carry the PSNR-Y of the tables' records (kernel 0 of each image).
+    for kwargs, image in zip(titled, ("baby", "bird"), strict=True):
+        ours_k0, bicubic_k0 = (
+            next(r for r in p["records"] if r["image"] == image and r["kernel_index"] == 0)
+            for p in (ours, bicubic)
+        )
+        assert kwargs["sr_psnr"] == pytest.approx(ours_k0["psnr_y"], abs=1e-6)
+        assert kwargs["bicubic_psnr"] == pytest.approx(bicubic_k0["psnr_y"], abs=1e-6)
     pictures = sorted(p.name for p in (tmp_path / "eval" / "pictures").glob("*.png"))
     assert pictures == [
         "Tiny_baby_k0_noise0.png",

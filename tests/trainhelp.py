@@ -12,6 +12,8 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+import kxnet.config  # noqa: F401  (registers the kx.* resolvers the configs use)
+
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
@@ -22,9 +24,14 @@ def compose_train(output_dir: Path | None, *overrides: str, hydra: bool = False)
         return compose("train", overrides=[*extra, *overrides], return_hydra_config=hydra)
 
 
-def run_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m kxnet.train ARGS``, W&B offline; output captured."""
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1")
+def run_train(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m kxnet.train ARGS``, W&B offline; output captured (through pipes: not a
+    terminal); ``env`` adds to the environment."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1") | (
+        env or {}
+    )
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     return subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -13,6 +14,8 @@ __all__ = [
     "APPS",
     "CONFIG_MODULE",
     "config_path",
+    "config_groups",
+    "format_config_groups",
     "project_root",
     "resolve_path",
     "register_resolvers",
@@ -29,6 +32,37 @@ def config_path(app: str) -> str:
     if app not in APPS:
         raise ValueError(f"no configs for {app!r}: one of {', '.join(APPS)}")
     return f"pkg://{CONFIG_MODULE}.{app}"
+
+
+def config_groups(app: str) -> dict[str, list[str]]:
+    """The config groups that a command composes from, each with its options: the command's own
+    (``kxnet.conf.<app>``) and the shared ones (``kxnet.conf.shared``), nested ones as
+    ``hydra/launcher``; the ``hydra`` group itself (Hydra's settings) is left out.
+
+    Hydra's own ``--help`` lists only the groups beside the primary config, not those of its
+    search path; the ``--help`` of every command lists these instead.
+    """
+    config_path(app)  # checks the name
+    groups: dict[str, set[str]] = {}
+
+    def walk(folder, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if not entry.is_dir() or entry.name.startswith(("_", ".")):
+                continue
+            name = prefix + entry.name
+            options = {e.name[: -len(".yaml")] for e in entry.iterdir() if e.name.endswith(".yaml")}
+            if options and name != "hydra":
+                groups.setdefault(name, set()).update(options)
+            walk(entry, f"{name}/")
+
+    for module in (f"{CONFIG_MODULE}.{app}", f"{CONFIG_MODULE}.shared"):
+        walk(files(module), "")
+    return {name: sorted(options) for name, options in sorted(groups.items())}
+
+
+def format_config_groups(app: str) -> str:
+    """:func:`config_groups` as Hydra's help shows groups: ``group: option, option``, one a line."""
+    return "\n".join(f"{name}: {', '.join(opts)}" for name, opts in config_groups(app).items())
 
 
 def project_root() -> Path:
@@ -53,10 +87,12 @@ def resolve_path(path: str | os.PathLike | None, root: str | os.PathLike | None 
 
 def register_resolvers() -> None:
     """``${kx.root:}``, ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
-    ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``."""
+    ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``,
+    ``${kx.config_groups:APP}`` (the help's list of groups)."""
     resolvers = {
         "kx.root": lambda: str(project_root()),
         "kx.cpu_precision": hardware.cpu_precision,
+        "kx.config_groups": lambda app: format_config_groups(str(app)),
         "kx.kernel_size": lambda setting, scale: kernels.kernel_size(str(setting), int(scale)),
         "kx.sigma_range": lambda setting, scale: OmegaConf.create(
             list(kernels.train_sigma_range(str(setting), int(scale)))

@@ -1,4 +1,4 @@
-"""``python -m kxnet.data``: fetch or point at the training and benchmark data, check a folder.
+"""``python -m kxnet.data`` (``kxnet-data``): fetch or point at the data sets, check a folder.
 
 python -m kxnet.data download [--root data/full] [--sets div2k flickr2k] [--from DIR]
 python -m kxnet.data download --sets benchmarks --from DIR
@@ -135,8 +135,9 @@ def check(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = "kxnet-data" if Path(sys.argv[0]).name == "kxnet-data" else "python -m kxnet.data"
     parser = argparse.ArgumentParser(
-        prog="python -m kxnet.data", description=__doc__.split("\n")[0]
+        prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch, or check and link an existing copy of, data sets")
@@ -184,5 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``kxnet-data`` command: :func:`main`, its return value as the exit status."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -51,6 +51,7 @@ from kxnet.eval.evaluation import (
     method_name,
     summarize,
 )
+from kxnet.metrics import psnr
 from kxnet.nn import KXNet
 from kxnet.pictures import comparison_strip, kernel_strip
 
@@ -260,7 +261,8 @@ def save_pictures(
     net: KXNet, dataset: BenchmarkSet, folder: Path, device: torch.device
 ) -> list[Path]:
     """For the first kernel of every image (at the first noise level): LR, bicubic, SR and HR
-    side by side, and the kernel of every stage beside the true one; returns the files."""
+    side by side, titled with the PSNR-Y of bicubic and of the network (as the tables measure
+    it), and the kernel of every stage beside the true one; returns the files."""
     written = []
     for index, (_, noise, kernel_index) in enumerate(dataset.items):
         if kernel_index != 0 or noise != dataset.noise[0]:
@@ -268,7 +270,16 @@ def save_pictures(
         item = dataset[index]
         output = net(item["lr"][None].to(device))
         stem = folder / f"{item['dataset']}_{item['image']}_k{kernel_index}_noise{noise:g}"
-        strip = comparison_strip(item["lr"], output.images[0][0], output.sr[0], item["hr"])
+        hr = item["hr"][None].to(device)
+        bicubic, sr = output.images[0], output.sr
+        strip = comparison_strip(
+            item["lr"],
+            bicubic[0],
+            sr[0],
+            item["hr"],
+            bicubic_psnr=float(psnr(bicubic, hr, net.scale)[0]),
+            sr_psnr=float(psnr(sr, hr, net.scale)[0]),
+        )
         kernels_row = kernel_strip([k[0] for k in output.kernels], item["kernel"])
         for path, picture in (
             (Path(f"{stem}.png"), strip),

@@ -45,6 +45,7 @@ __all__ = [
     "load_results",
     "paper_table",
     "PaperTableCallback",
+    "PAPER_TABLES",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ SETTING_NAMES = {"iso": "Setting 1", "aniso": "Setting 2"}
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.json"
 TABLES = ("table1", "table2", "table3", "table4")
+# The paper's numbers (Tables 1-4, every method, the non-blind check of §5.3), transcribed from
+# the paper; shipped with the package, so that the presets find them outside a checkout too.
+PAPER_TABLES = Path(__file__).resolve().with_name("paper_tables.json")
 
 
 @dataclass
@@ -419,7 +423,7 @@ def paper_table(
     name: str, runs: Sequence[tuple[Path, dict]], paper: Mapping | None = None
 ) -> dict[str, str]:
     """Table ``name`` (table1 … table4) of our runs, the paper's numbers beside them when
-    ``paper`` (the content of ``experiments/paper_tables.json``) is given: file → content.
+    ``paper`` (the content of :data:`PAPER_TABLES`) is given: file → content.
 
     table1/table2: every run's rows, each after the paper's row of the same method ("Bicubic",
     "KXNet"), one block per noise level; table3: one row per S (runs on Setting 2 x2 Set14
@@ -459,11 +463,11 @@ class PaperTableCallback(Callback):
 
     Args:
         table: table1 … table4.
-        paper: path of the paper's numbers (``experiments/paper_tables.json``); a missing file
-            leaves the paper's columns out.
+        paper: path of the paper's numbers; by default :data:`PAPER_TABLES` (shipped with
+            kxnet), None leaves the paper's columns out (so does a missing file, with a warning).
     """
 
-    def __init__(self, table: str, paper: str | None = None) -> None:
+    def __init__(self, table: str, paper: str | os.PathLike | None = PAPER_TABLES) -> None:
         self.table = table
         self.paper = Path(paper) if paper else None
 

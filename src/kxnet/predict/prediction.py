@@ -10,8 +10,9 @@ Rows of tiles are written as they are done (:class:`~kxnet.predict.png.PngStream
 
 Outputs, per input ``NAME.ext``: ``NAME.png`` (the SR image; 16-bit if the input is),
 ``NAME_kernel.npy`` (the final kernel, p×p float32, sums to 1), ``NAME_kernel.png`` (the kernel
-scaled to its maximum and enlarged, for looking), and with ``save_stages``, ``NAME_stages/``
-holding ``x_00.png`` … ``x_T.png``, ``k_00.png`` … and ``kernels.npy`` ((T+1)×p×p). Every file
+scaled to its maximum and enlarged, for looking, titled), and with ``save_stages``,
+``NAME_stages/`` holding ``x_00.png`` … ``x_T.png``, ``k_00.png`` …, ``kernels.png`` (every
+stage's kernel side by side, numbered) and ``kernels.npy`` ((T+1)×p×p). Every file
 of an image is written under a temporary name and renamed when all of them are complete.
 """
 
@@ -40,6 +41,7 @@ from kxnet.checks import asked_properties, check_device, check_writable
 from kxnet.data.images import IMAGE_SUFFIXES, decode_image, list_images, to_float
 from kxnet.errors import ImageReadError, KXNetError, PredictError, report_error
 from kxnet.nn.kxnet import KXNet
+from kxnet.pictures import kernel_strip, text_band
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.tiling import (
     central_crop,
@@ -222,12 +224,22 @@ def _quantise(x: Tensor, bit_depth: int) -> np.ndarray:
     return q.astype(np.uint16) if bit_depth == 16 else q
 
 
-def _kernel_picture(k: Tensor) -> Image.Image:
-    """A p×p kernel as an 8-bit gray picture: scaled to its maximum, enlarged without blurring."""
+def _kernel_picture(k: Tensor, title: str) -> Image.Image:
+    """A p×p kernel as an 8-bit gray picture: scaled to its maximum, enlarged without blurring,
+    ``title`` under it."""
     k = k.detach().cpu().double()
     pixels = (k / k.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
     factor = max(1, _KERNEL_PNG_SIZE // k.shape[-1])
-    return Image.fromarray(np.kron(pixels, np.ones((factor, factor), dtype=np.uint8)))
+    kernel = np.kron(pixels, np.ones((factor, factor), dtype=np.uint8))
+    band = (text_band([title], [kernel.shape[1]]).mean(0) * 255).round().to(torch.uint8)
+    return Image.fromarray(np.concatenate([kernel, band.numpy()]))
+
+
+def _to_image(picture: Tensor) -> Image.Image:
+    """A 3×H×W picture in [0, 1] → an 8-bit RGB image."""
+    return Image.fromarray(
+        (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    )
 
 
 def _save_picture(img: Image.Image, path: Path) -> None:
@@ -287,15 +299,19 @@ def _write_kernels(
     Returns the paths for the stage images (``x_00.png`` …), empty without ``save_stages``.
     """
     kernels = torch.cat(list(stage_kernels)).float().cpu()
+    last = len(kernels) - 1
+    size = "×".join(str(n) for n in kernels.shape[-2:])
     _save_npy(kernels[-1].numpy(), outputs.path(f"{stem}_kernel.npy"))
-    _save_picture(_kernel_picture(kernels[-1]), outputs.path(f"{stem}_kernel.png"))
+    title = f"estimated kernel {size}, stage {last}"
+    _save_picture(_kernel_picture(kernels[-1], title), outputs.path(f"{stem}_kernel.png"))
     if not save_stages:
         return []
     stage_dir = outputs.path(f"{stem}_stages")
     stage_dir.mkdir()
     _save_npy(kernels.numpy(), stage_dir / "kernels.npy")
     for t, k in enumerate(kernels):
-        _save_picture(_kernel_picture(k), stage_dir / f"k_{t:02d}.png")
+        _save_picture(_kernel_picture(k, f"stage {t} of {last}"), stage_dir / f"k_{t:02d}.png")
+    _save_picture(_to_image(kernel_strip(kernels)), stage_dir / "kernels.png")
     return [stage_dir / f"x_{t:02d}.png" for t in range(len(kernels))]
 
 

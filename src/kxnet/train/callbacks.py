@@ -13,10 +13,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from kxnet.errors import DivergedError
+from kxnet.train.progress import report
 
 __all__ = ["RankSeed", "ResourceMonitor", "NonFiniteRollback", "peak_memory_gib"]
 
@@ -80,10 +80,12 @@ class ResourceMonitor(pl.Callback):
         self._mark, self._steps_since_mark = now, 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rank_zero_info(
-            f"Trained {trainer.global_step} steps in {self._elapsed():.0f} s, peak memory "
-            f"{peak_memory_gib(pl_module.device):.2f} GiB (rank 0)"
-        )
+        if trainer.is_global_zero:
+            report(
+                log,
+                f"Trained {trainer.global_step} steps in {self._elapsed():.0f} s, peak memory "
+                f"{peak_memory_gib(pl_module.device):.2f} GiB (rank 0)",
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"wall_time_s": self._elapsed() if self._start else self._carried}

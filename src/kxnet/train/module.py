@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from kxnet.loss import StageLoss
-from kxnet.metrics import PSNR, SSIM, KernelL1, KernelPSNR
+from kxnet.metrics import PSNR, SSIM, KernelL1, KernelPSNR, psnr
 from kxnet.nn.kxnet import KXNet, KXNetOutput
 from kxnet.pictures import comparison_strip, kernel_strip
 from kxnet.train import rng
@@ -279,7 +279,15 @@ class KXNetModule(pl.LightningModule):
         caption = "/".join(
             str(batch[key][0]) for key in ("dataset", "image", "kernel_index") if key in batch
         )
-        strip = comparison_strip(batch["lr"][0], output.images[0][0], output.sr[0], batch["hr"][0])
+        hr, bicubic, sr = batch["hr"][:1], output.images[0][:1], output.sr[:1]
+        strip = comparison_strip(
+            batch["lr"][0],
+            bicubic[0],
+            sr[0],
+            hr[0],
+            bicubic_psnr=float(psnr(bicubic, hr, self.net.scale)[0]),
+            sr_psnr=float(psnr(sr, hr, self.net.scale)[0]),
+        )
         kernels_row = kernel_strip([k[0] for k in output.kernels], batch["kernel"][0])
         step = self.global_step
         log_picture(self.loggers, f"{split}/pictures/{index}", strip, step, caption)

@@ -24,6 +24,7 @@ from kxnet.train.callbacks import RankSeed
 from kxnet.train.checks import check_train, check_training_data
 from kxnet.train.loggers import default_wandb_mode, finish_wandb
 from kxnet.train.module import KXNetModule
+from kxnet.train.progress import report
 
 __all__ = ["WEIGHTS_FILE", "train"]
 
@@ -103,7 +104,7 @@ def train(cfg: DictConfig) -> float | None:
             if evaluation is not None:
                 out = Path(cfg.paths.output_dir) / "eval"
                 table, _ = evaluate_beside_bicubic(module.net, evaluation, out)
-                print(table, flush=True)
+                report(log, f"Evaluation of the exported weights beside bicubic:\n{table}")
                 log.info("evaluation written to %s (results.json, bicubic/, pictures/)", out)
         finished = True
     finally:
