@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kxnet import kernels, physics
+from kxnet.atomic import atomic_path
 from kxnet.data.images import list_images, read_image
 
 __all__ = [
@@ -95,13 +96,8 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _noise_tag(noise: float) -> str:
