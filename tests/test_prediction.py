@@ -1,4 +1,6 @@
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -338,6 +340,22 @@ def test_an_image_over_max_pixels_is_refused_from_its_header(model, tmp_path, mo
         "× 2 images (save_stages)" in failures[0].reason
         and "save_stages=false" in failures[0].reason
     )
+
+
+def test_an_image_beyond_what_is_decoded_at_all_is_refused_in_one_line(model, tmp_path):
+    """A PNG header of 20000×10000 (a few bytes on disk): refused from the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
+    path = tmp_path / "huge.png"
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    results, failures = predict_images(model, [path], tmp_path / "out", PredictOptions())
+    assert not results and "LR pixels, beyond what is decoded at all" in failures[0].reason
 
 
 def _shared_data() -> Path:

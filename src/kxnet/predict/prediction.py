@@ -253,10 +253,20 @@ def _check_size(path: Path, options: PredictOptions, images: int) -> None:
     """ImageReadError if the image, from its header, is over ``max_pixels`` (``images`` output
     images per pixel: T+1 with save_stages)."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        width = height = None  # over Pillow's own limit (about 179 million pixels)
+    except (OSError, ValueError, SyntaxError):
         return  # decoding says what is wrong with the file
+    if width is None:
+        raise ImageReadError(
+            path,
+            f"more than {2 * Image.MAX_IMAGE_PIXELS} LR pixels, beyond what is decoded at all "
+            f"(max_pixels={options.max_pixels}): crop or split the image",
+        )
     pixels = width * height * images
     if pixels > options.max_pixels:
         counted = f" × {images} images (save_stages)" if images > 1 else ""
