@@ -494,3 +494,14 @@ def test_a_zip_member_over_the_cap_is_refused(server, tmp_path):
         dl.install_train_set(spec, tmp_path, report=_quiet)
     assert list((tmp_path / "downloads").iterdir()) == []
     assert list((tmp_path / "DIV2K_Flickr2K").iterdir()) == []
+
+
+def test_a_killed_extraction_is_cleaned_up_and_a_running_one_left_alone(server, tmp_path):
+    from test_atomic import dead_pid, leftover
+
+    target = tmp_path / "DIV2K_Flickr2K"
+    target.mkdir(parents=True)
+    killed = leftover(target, "DIV2K", dead_pid(), folder_too=True)
+    running = leftover(target, "DIV2K", os.getppid(), folder_too=True)
+    assert dl.install_train_set(_spec(server), tmp_path, report=_quiet)[1] == 3
+    assert not killed.exists() and running.exists()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from kxnet.atomic import remove_leftovers, temporary_name
 from kxnet.data.images import list_images, scan_images
 from kxnet.errors import DownloadError, TransferError
 
@@ -363,9 +364,10 @@ def _few(names: list[str], k: int = 3) -> str:
 
 @contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
-    """A hidden folder beside ``dest``: renamed to ``dest`` on success, removed on failure."""
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """A hidden folder beside ``dest`` (a name of its own: two runs never share one, and a
+    killed run's is removed by the next): renamed to ``dest`` on success, removed on failure."""
+    remove_leftovers(dest.parent)
+    tmp = temporary_name(dest)
     tmp.mkdir(parents=True)
     try:
         yield tmp
