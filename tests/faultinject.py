@@ -82,7 +82,7 @@ class Probe(pl.Callback):
     """Per training step: ``{"before", "after"}`` weights of the network, ``lr``, ``skipped``,
     ``adam_steps`` (the optimiser's step count), ``kernel_params`` and ``noise``; written to
     ``path`` (``.rank{r}`` added under DDP) at the end of training, with the weights at every
-    checkpoint save under ``"saved"``."""
+    checkpoint save under ``"saved"`` (also when training fails)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -110,6 +110,9 @@ class Probe(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         path = self.path if trainer.world_size == 1 else f"{self.path}.rank{trainer.global_rank}"
         torch.save({"steps": self.steps, "saved": self.saved}, path)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.on_train_end(trainer, pl_module)  # what happened up to a run's failure
 
 
 def _kill_in_save(save_number: int) -> None:

@@ -161,7 +161,10 @@ def _write(path, content):
             {"format": "kxnet-weights", "config": CONFIG, "state_dict": {}},
             "weights do not fit the config",
         ),
-        ({"format": "kxnet-weights", "x": fractions.Fraction(1, 3)}, "holds a Python object"),
+        (
+            {"format": "kxnet-weights", "x": fractions.Fraction(1, 3)},
+            "holds code (fractions.Fraction",
+        ),
     ],
 )
 def test_unusable_files_are_refused_in_one_line(model, tmp_path, content, reason):
@@ -210,3 +213,57 @@ def test_checkpoint_of_a_kxnet_module_training_run(tmp_path):
     _same(net, load_model(tmp_path / "exported.pt", setting="aniso"))
     with pytest.raises(CheckpointError, match="but model.net.stages=19 was asked for"):
         load_model(tmp_path / "last.ckpt", stages=19)
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.system``: what a crafted checkpoint carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_holding_code_is_refused_as_such_and_runs_nothing(
+    model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # explicit weights_only wins
+    marker = tmp_path / "ran"
+    path = tmp_path / "crafted.ckpt"
+    payload = _lightning_dict(model, dict(CONFIG))
+    payload["hyper_parameters"]["extra"] = _RunsCode(marker)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert "holds code (posix.system" in message and "was refused" in message, message
+    assert "truncated" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("stored", ["dictconfig", "plain"])
+def test_a_stored_config_is_never_resolved(model, tmp_path, monkeypatch, stored):
+    monkeypatch.setenv("KXNET_TEST_SECRET", "hunter2-secret")
+    config = {**CONFIG, "scale": "${oc.env:KXNET_TEST_SECRET}"}
+    if stored == "dictconfig":
+        config = OmegaConf.create(config)
+    path = tmp_path / "interpolated.ckpt"
+    torch.save(_lightning_dict(model, config), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert "holds an interpolation" in message and "hyper_parameters.model.scale" in message
+    assert "hunter2" not in message and "oc.env" not in message
+    broken = OmegaConf.create({**CONFIG, "stages": "${nowhere.at_all}"})
+    torch.save(_lightning_dict(model, broken), path)
+    with pytest.raises(CheckpointError, match="interpolation .* at hyper_parameters.model.stages"):
+        load_model(path)
+    weights = save_weights(model, tmp_path / "w.pt")
+    raw = torch.load(weights, weights_only=True)
+    raw["config"]["setting"] = "${oc.env:KXNET_TEST_SECRET}"
+    torch.save(raw, weights)
+    with pytest.raises(CheckpointError, match="interpolation .* at config.setting"):
+        load_model(weights)

@@ -144,6 +144,26 @@ def test_run_and_sweep_folders_are_per_task_under_the_project(tmp_path):
     assert cfg.hydra.sweep.dir.startswith(f"{root}/outputs/setting2_x4/multirun/")
 
 
+def test_runs_started_in_the_same_second_get_folders_of_their_own(monkeypatch):
+    import datetime
+
+    import hydra.core.utils
+
+    class Frozen(datetime.datetime):  # both runs start at the same instant
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)  # what ${now:…} reads
+    first, second = (compose_train(None, hydra=True) for _ in range(2))
+    assert first.hydra.run.dir != second.hydra.run.dir
+    assert "2026-01-02_03-04-05_" in first.hydra.run.dir
+    # Read again, and in the sweep folder, a run's name stays the same.
+    assert first.hydra.run.dir == first.hydra.run.dir
+    assert first.hydra.sweep.dir.rsplit("_", 1)[1] == first.hydra.run.dir.rsplit("_", 1)[1]
+    assert first.hydra.sweep.dir != second.hydra.sweep.dir
+
+
 def test_relative_data_paths_resolve_against_the_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     datamodule = instantiate(compose_train(tmp_path).data, _convert_="all")

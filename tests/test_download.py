@@ -116,7 +116,7 @@ def _spec(server, archive=ARCHIVE, name="DIV2K_train_HR.zip", **changes):
         url=f"http://127.0.0.1:{server.server_port}/{name}",
         archive=name,
         archive_bytes=len(archive),
-        sha256=hashlib.sha256(archive).hexdigest(),
+        checksum=f"sha256:{hashlib.sha256(archive).hexdigest()}",
         member_dir="DIV2K_train_HR",
         names=NAMES,
         folder="DIV2K",
@@ -201,7 +201,7 @@ def test_install_downloads_checks_extracts_and_cleans_up(server, tmp_path):
 
 
 def test_checksum_mismatch_is_refused_naming_the_file(server, tmp_path):
-    spec = _spec(server, sha256="0" * 64)
+    spec = _spec(server, checksum="sha256:" + "0" * 64)
     with pytest.raises(DownloadError, match=r"DIV2K_train_HR\.zip: SHA256 .* deleted"):
         dl.install_train_set(spec, tmp_path, report=_quiet)
     assert not (tmp_path / "DIV2K_Flickr2K" / "DIV2K").exists()
@@ -211,10 +211,14 @@ def test_checksum_mismatch_is_refused_naming_the_file(server, tmp_path):
 
 def test_archive_missing_an_image_leaves_no_half_extracted_folder(server, tmp_path):
     spec = _spec(server, names=(*NAMES, "0004.png"))
-    with pytest.raises(DownloadError, match=r"1 of 4 images missing \(0004\.png\)"):
+    with pytest.raises(DownloadError, match=r"1 of 4 images missing \(0004\.png\).*deleted"):
         dl.install_train_set(spec, tmp_path, keep_archive=True, report=_quiet)
     assert list((tmp_path / "DIV2K_Flickr2K").iterdir()) == []
-    assert (tmp_path / "downloads" / spec.archive).read_bytes() == ARCHIVE
+    # A complete archive that fails is not kept (every rerun would fail the same way).
+    assert list((tmp_path / "downloads").iterdir()) == []
+    spec = dataclasses.replace(spec, names=NAMES)
+    assert dl.install_train_set(spec, tmp_path, report=_quiet)[1] == 3
+    assert len(server.requests) == 2, "downloaded afresh"
 
 
 def test_corrupt_image_in_archive_is_named(server, tmp_path):
@@ -239,12 +243,12 @@ def test_tar_archive_without_published_checksum(server, tmp_path):
         key="flickr2k",
         title="Flickr2K",
         archive_bytes=None,
-        sha256=None,
+        checksum=None,
         member_dir="Flickr2K_HR",
         names=names,
     )
     folder, count, how = dl.install_train_set(spec, tmp_path, report=_quiet)
-    assert count == 2 and "no published checksum" in how
+    assert count == 2 and "no pinned checksum" in how
     assert sorted(p.name for p in folder.iterdir()) == list(names)
 
 
@@ -295,8 +299,8 @@ def test_cli_download_prints_where_and_the_override(server, tmp_path, monkeypatc
 
 
 def test_cli_failure_is_one_line_and_nonzero(server, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(dl.TRAIN_SETS, "div2k", _spec(server, sha256="f" * 64))
-    assert main(["download", "--root", str(tmp_path), "--sets", "div2k"]) == 1
+    monkeypatch.setitem(dl.TRAIN_SETS, "div2k", _spec(server, checksum="sha256:" + "f" * 64))
+    assert main(["download", "--root", str(tmp_path), "--sets", "div2k"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "DIV2K_train_HR.zip" in err and "\n" not in err
 
@@ -335,7 +339,7 @@ def test_changed_missing_and_extra_benchmark_files_are_named(tmp_path):
 
 
 def test_benchmarks_need_a_source(capsys):
-    assert main(["download", "--sets", "benchmarks"]) == 1
+    assert main(["download", "--sets", "benchmarks"]) == 2
     assert "--from DIR" in capsys.readouterr().err
 
 
@@ -359,8 +363,146 @@ def test_broken_archive_copy_is_refused_and_nothing_is_left(server, tmp_path, ki
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "Flickr2K.tar").write_bytes(tar[:3000] if kind == "truncated tar" else b"x" * 4096)
-    spec = _spec(server, name="Flickr2K.tar", archive_bytes=None, sha256=None, names=names)
+    spec = _spec(server, name="Flickr2K.tar", archive_bytes=None, checksum=None, names=names)
     spec = dataclasses.replace(spec, member_dir="Flickr2K_HR", title="Flickr2K")
     with pytest.raises(DownloadError, match=r"Flickr2K\.tar: extraction failed"):
         dl.install_train_set(spec, tmp_path / "root", mine, report=_quiet)
     assert list((tmp_path / "root" / "DIV2K_Flickr2K").iterdir()) == []
+
+
+# --- archives are not trusted ----------------------------------------------------------------
+
+FLICKR = ("000001.png", "000002.png")
+
+
+def _flickr_spec(server, archive: bytes, **changes):
+    """A Flickr2K-like set of two images served as Flickr2K.tar, pinned by its MD5."""
+    spec = _spec(
+        server,
+        archive=archive,
+        name="Flickr2K.tar",
+        key="flickr2k",
+        title="Flickr2K",
+        archive_bytes=None,
+        checksum=f"md5:{hashlib.md5(archive).hexdigest()}",
+        member_dir="Flickr2K_HR",
+        names=FLICKR,
+    )
+    return dataclasses.replace(spec, **changes)
+
+
+def _flickr_members() -> dict[str, bytes]:
+    return {f"Flickr2K/Flickr2K_HR/{n}": _png_bytes(k) for k, n in enumerate(FLICKR)}
+
+
+def _sparse_tar(realsize: int) -> bytes:
+    """A tar whose image 000002.png is a sparse member: 10 stored bytes, ``realsize`` read."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        name, data = next(iter(_flickr_members().items()))
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("Flickr2K/Flickr2K_HR/000002.png")
+        info.size = 10
+        info.pax_headers = {
+            "GNU.sparse.map": f"{realsize - 10},10",
+            "GNU.sparse.realsize": str(realsize),
+            "GNU.sparse.name": info.name,
+        }
+        tf.addfile(info, io.BytesIO(b"x" * 10))
+    return buf.getvalue()
+
+
+def _linked_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        name, data = next(iter(_flickr_members().items()))
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("Flickr2K/Flickr2K_HR/000002.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    return buf.getvalue()
+
+
+def _gzip_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in _flickr_members().items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_flickr2k_is_pinned_by_md5_and_named_so():
+    spec = dl.TRAIN_SETS["flickr2k"]
+    assert spec.checksum == "md5:5d3f39443d5e9489bff8963f8f26cb03"
+    assert dl.TRAIN_SETS["div2k"].checksum.startswith("sha256:")
+
+
+def test_md5_pinned_tar_is_checked_and_a_mismatch_names_md5(server, tmp_path):
+    archive = _tar(_flickr_members())
+    folder, count, how = dl.install_train_set(
+        _flickr_spec(server, archive), tmp_path, report=_quiet
+    )
+    assert count == 2 and "archive MD5 matches the pinned one" in how
+    bad = _flickr_spec(server, archive, checksum="md5:" + "0" * 32)
+    with pytest.raises(DownloadError, match=r"Flickr2K\.tar: MD5 [0-9a-f]{32} differs from the"):
+        dl.install_train_set(bad, tmp_path / "other", report=_quiet)
+    assert list((tmp_path / "other" / "downloads").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kind,archive,changes,message",
+    [
+        ("sparse", _sparse_tar(4000), {}, r"000002\.png is not a plain file"),
+        ("sparse bomb", _sparse_tar(200_000_000), {}, r"000002\.png is not a plain file"),
+        ("symlink", _linked_tar(), {}, r"000002\.png is not a plain file"),
+        ("gzip", _gzip_tar(), {}, r"gzip-compressed tar; only an uncompressed \.tar"),
+        ("member over the cap", None, {"max_member_bytes": 1000}, r"declares .* over the cap"),
+        (
+            "all over the cap",
+            None,
+            {"max_total_bytes": 3000},
+            r"the images together \(at 000002\.png\) expand beyond 3,000 bytes",
+        ),
+    ],
+)
+def test_unsound_archives_are_refused_and_a_download_is_deleted(
+    server, tmp_path, kind, archive, changes, message
+):
+    archive = archive if archive is not None else _tar(_flickr_members())
+    spec = _flickr_spec(server, archive, **changes)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "Flickr2K.tar").write_bytes(archive)
+    with pytest.raises(DownloadError, match=message):
+        dl.install_train_set(spec, tmp_path / "copy", mine, report=_quiet)
+    assert (mine / "Flickr2K.tar").read_bytes() == archive, "the user's copy is never deleted"
+    with pytest.raises(DownloadError, match=message + ".*downloaded archive was deleted"):
+        dl.install_train_set(spec, tmp_path / "root", report=_quiet)
+    assert list((tmp_path / "root" / "downloads").iterdir()) == []
+    assert list((tmp_path / "root" / "DIV2K_Flickr2K").iterdir()) == []
+    assert _leftovers(tmp_path / "root") == []
+
+
+def test_a_zip_member_over_the_cap_is_refused(server, tmp_path):
+    spec = _spec(server, max_member_bytes=len(DIV2K_LIKE["DIV2K_train_HR/0001.png"]) - 1)
+    with pytest.raises(DownloadError, match=r"member DIV2K_train_HR/0001\.png declares .* cap"):
+        dl.install_train_set(spec, tmp_path, report=_quiet)
+    assert list((tmp_path / "downloads").iterdir()) == []
+    assert list((tmp_path / "DIV2K_Flickr2K").iterdir()) == []
+
+
+def test_a_killed_extraction_is_cleaned_up_and_a_running_one_left_alone(server, tmp_path):
+    from test_atomic import dead_pid, leftover
+
+    target = tmp_path / "DIV2K_Flickr2K"
+    target.mkdir(parents=True)
+    killed = leftover(target, "DIV2K", dead_pid(), folder_too=True)
+    running = leftover(target, "DIV2K", os.getppid(), folder_too=True)
+    assert dl.install_train_set(_spec(server), tmp_path, report=_quiet)[1] == 3
+    assert not killed.exists() and running.exists()

@@ -20,6 +20,7 @@ from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.eval import driver as kx_eval
 from kxnet.eval.report import PAPER_TABLES
 from kxnet.nn import KXNet
+from test_atomic import dead_pid, leftover
 
 REPO = project_root()
 BUNDLED = REPO / "data" / "benchmarks"
@@ -118,8 +119,11 @@ def _read_csv(path):
 def test_weights_file_gives_the_table_files_with_their_rows_and_columns(
     tmp_path, tiny_bench, tiny_weights
 ):
-    assert _run(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}")) == 0
     out = tmp_path / "out"
+    out.mkdir()
+    killed = leftover(out, "results.json", dead_pid())  # a SIGKILLed evaluation's
+    assert _run(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}")) == 0
+    assert not killed.exists(), "the leftover of a killed run is removed at the start"
     payload = json.loads((out / "results.json").read_text())
     assert payload["method"] == "KXNet (S=1)"
     assert payload["config"] | {"ckpt_path": None} == {

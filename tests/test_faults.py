@@ -6,7 +6,11 @@
    resumes from its last checkpoint to the same weights, bit for bit, as the uninterrupted run.
 3. A step with a NaN/Inf loss or kernel estimate is not applied and is logged with its step and
    the batch's kernel parameters; after N such steps within a window the run rolls back to the
-   last good checkpoint with a lower learning rate; under DDP all ranks agree.
+   last good checkpoint with a lower learning rate; under DDP all ranks agree. The policy as
+   shipped (3 in 100, x0.5, 5 roll-backs) is run as it is.
+
+The kill points and NaN steps are drawn from a seed that each test prints (and names in its
+failure messages): ``KXNET_FAULT_SEED=N`` replays a run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,8 +39,9 @@ from kxnet.train.checkpoint_io import AtomicCheckpointIO
 from trainhelp import QUIET, compose_train
 
 TESTS = Path(__file__).parent
-# A one-stage network on 16×16 HR patches, batches of 2, 3 steps an epoch, last.ckpt every 2
-# steps, 8 steps: checkpoints fall in the middle and at the end of epochs.
+# A one-stage network on 22×22 HR patches (the smallest that hold its 21×21 kernels), batches of
+# 2, 3 steps an epoch, last.ckpt every 2 steps, 8 steps: checkpoints fall in the middle and at
+# the end of epochs.
 TINY = [
     "debug=default",
     "trainer.detect_anomaly=false",
@@ -43,7 +49,7 @@ TINY = [
     "trainer.limit_val_batches=0",
     "test=false",
     "model.net.stages=1",
-    "data.lr_patch_size=8",
+    "data.lr_patch_size=11",
     "data.samples_per_epoch=6",
     "callbacks.model_checkpoint.monitor=null",
     "callbacks.last_checkpoint.every_n_train_steps=2",
@@ -70,6 +76,25 @@ def _cli(args: list[str], cwd: Path, env: dict | None = None, script: str | None
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+@dataclass
+class FaultSeed:
+    """The seed of a test's random fault points, and a generator drawing them."""
+
+    seed: int
+    rng: random.Random
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}, replay with KXNET_FAULT_SEED={self.seed}"
+
+
+@pytest.fixture
+def fault_seed() -> FaultSeed:
+    """``KXNET_FAULT_SEED`` if set, else a fresh seed; printed (pytest shows it on failure)."""
+    seed = int(os.environ.get("KXNET_FAULT_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"fault-injection seed {seed} (replay with KXNET_FAULT_SEED={seed})")
+    return FaultSeed(seed, random.Random(seed))
 
 
 def _image(path: Path, size: int) -> None:
@@ -109,7 +134,7 @@ def _bad_runs(root: Path, trained: Path) -> dict[str, tuple[list[str], str]]:
         "unreadable image": ([f"paths.train_dir={broken}"], r"unreadable image.*a\.png"),
         "images smaller than a patch": (
             [f"paths.train_dir={root / 'small'}"],
-            r"none of the 1 images.*16×16 HR patch",
+            r"none of the 1 images.*22×22 HR patch",
         ),
         "scale": (["scale=5"], r"scale=5 .*use scale=2, 3 or 4"),
         "negative stages": (
@@ -119,7 +144,7 @@ def _bad_runs(root: Path, trained: Path) -> dict[str, tuple[list[str], str]]:
         "even kernel": (["setting.kernel_size=20"], r"model\.net\.kernel_size=20 is even"),
         "kernel larger than the patch allows": (
             ["data.lr_patch_size=4"],
-            r"data\.lr_patch_size=4 is too small for 21×21 kernels.*lr_patch_size=6",
+            r"data\.lr_patch_size=4 is too small for 21×21 kernels.*lr_patch_size=11 or more",
         ),
         "model and data kernels differ": (
             ["model.net.kernel_size=15"],
@@ -365,13 +390,16 @@ def _resume(killed: Path, tmp_path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(tmp_path, uninterrupted):
-    step = random.Random().randrange(3, 8)
+def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(
+    tmp_path, uninterrupted, fault_seed
+):
+    step = fault_seed.rng.randrange(3, 8)
     killed = tmp_path / "killed"
     args = [*TINY, "+callbacks.kill._target_=faultinject.KillAt", f"+callbacks.kill.step={step}"]
     code, _, err = _finish(_cli([*args, f"hydra.run.dir={killed}"], tmp_path))
-    assert code == -signal.SIGKILL, f"step {step}: exit {code}\n{err[-2000:]}"
-    _assert_same_training_state(uninterrupted, _resume(killed, tmp_path), f"killed at {step}")
+    assert code == -signal.SIGKILL, f"step {step} ({fault_seed}): exit {code}\n{err[-2000:]}"
+    resumed = _resume(killed, tmp_path)
+    _assert_same_training_state(uninterrupted, resumed, f"killed at {step} ({fault_seed})")
 
 
 @pytest.mark.slow
@@ -397,7 +425,7 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_last_one(tmp_path, uninterru
 
 
 @pytest.mark.slow
-def test_sigkill_from_outside_at_a_random_moment_then_resume(tmp_path, uninterrupted):
+def test_sigkill_from_outside_at_a_random_moment_then_resume(tmp_path, uninterrupted, fault_seed):
     killed = tmp_path / "killed"
     args = [*TINY, "+callbacks.pace._target_=faultinject.Pace", "+callbacks.pace.seconds=0.4"]
     proc = _cli([*args, f"hydra.run.dir={killed}"], tmp_path)
@@ -405,13 +433,13 @@ def test_sigkill_from_outside_at_a_random_moment_then_resume(tmp_path, uninterru
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    delay = random.Random().uniform(0.0, 1.6)
+    delay = fault_seed.rng.uniform(0.0, 1.6)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     code, _, err = _finish(proc)
-    assert code == -signal.SIGKILL, f"not killed (after {delay:.2f} s): {err[-2000:]}"
+    assert code == -signal.SIGKILL, f"not killed (+{delay:.2f} s, {fault_seed}): {err[-2000:]}"
     _assert_same_training_state(
-        uninterrupted, _resume(killed, tmp_path), f"killed at +{delay:.2f} s"
+        uninterrupted, _resume(killed, tmp_path), f"killed at +{delay:.2f} s ({fault_seed})"
     )
 
 
@@ -503,6 +531,31 @@ def test_skipped_steps_outside_the_window_do_not_roll_back(tmp_path, caplog):
     assert [s for s in sorted(steps) if steps[s]["skipped"]] == [1, 4, 7]
     assert len({steps[s]["lr"] for s in steps}) == 1
     assert not any("rolled back" in r.getMessage() for r in caplog.records)
+
+
+def test_the_shipped_roll_back_policy_as_it_is(tmp_path, caplog, fault_seed):
+    """No override: the policy of conf/train/callbacks/nonfinite_rollback.yaml, which the README
+    promises (3 non-finite steps within 100, x0.5, 5 roll-backs). NaN steps are drawn from the
+    seed: every third one rolls back and halves the learning rate, the 18th (after 5 roll-backs)
+    stops the run."""
+    policy = compose_train(tmp_path, *TINY).callbacks.nonfinite_rollback
+    shipped = (policy.max_skipped, policy.window, policy.lr_factor, policy.max_rollbacks)
+    assert shipped == (3, 100, 0.5, 5), "the README's promise"
+    caplog.set_level("WARNING")
+    nan_steps = sorted(fault_seed.rng.sample(range(1, 24), 18))
+    with pytest.raises(DivergedError, match=r"3 non-finite steps within 100 .* after 5 roll-backs"):
+        _nan_run(tmp_path, nan_steps, "trainer.max_steps=24")
+    steps = torch.load(tmp_path / "probe.pt", weights_only=True)["steps"]
+    lr = steps[0]["lr"]
+    done = [s for s in sorted(steps) if "lr" in steps[s]]
+    assert done[-1] == nan_steps[-1] - 1, f"stopped at the 18th NaN step ({fault_seed})"
+    for step in done:
+        skipped = sum(n <= step for n in nan_steps)
+        assert steps[step]["skipped"] == (step in nan_steps), f"step {step} ({fault_seed})"
+        expected = lr * 0.5 ** min(skipped // 3, 5)
+        assert steps[step]["lr"] == pytest.approx(expected), f"step {step} ({fault_seed})"
+    rollbacks = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+    assert len(rollbacks) == 5 and "(roll-back 5 of 5)" in rollbacks[-1], fault_seed
 
 
 def test_a_run_that_keeps_diverging_stops_with_an_error(tmp_path):

@@ -1,6 +1,7 @@
 """Reading image files: every depth and mode, EXIF rotation, malformed files, folder listing."""
 
 import os
+import struct
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps
 from kxnet.data.images import (
     _orient,
     decode_image,
+    exif_orientation,
     image_info,
     list_images,
     read_image,
@@ -196,6 +198,38 @@ def test_orient_matches_pillow_exif_transpose(tmp_path, orientation):
         expected = np.asarray(ImageOps.exif_transpose(img))
     np.testing.assert_array_equal(_orient(arr, orientation), expected)
     np.testing.assert_array_equal(_as_hwc(decode_image(path)), expected)
+
+
+def _exif_orientation_block(kind: int, payload: bytes, count: int = 1) -> bytes:
+    """EXIF holding one Orientation entry of TIFF type ``kind`` (3: short, 12: double, 2: text)."""
+    entry = struct.pack("<HHII", 0x0112, kind, count, 26)
+    return b"Exif\0\0II*\0" + struct.pack("<IH", 8, 1) + entry + b"\0" * 4 + payload
+
+
+@pytest.mark.parametrize(
+    "kind,payload,count",
+    [
+        (12, struct.pack("<d", float("inf")), 1),
+        (12, struct.pack("<d", float("nan")), 1),
+        (2, b"rotate!\0", 8),
+        (4, struct.pack("<I", 70000), 1),
+        (3, struct.pack("<HH", 0, 0), 1),
+        (3, struct.pack("<HH", 9, 0), 1),
+    ],
+    ids=["+inf", "nan", "text", "70000", "0", "9"],
+)
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_an_orientation_outside_1_to_8_means_as_stored(tmp_path, kind, payload, count, fmt):
+    arr = _rgb(6, 9)
+    path = tmp_path / f"odd.{fmt}"
+    Image.fromarray(arr).save(path, exif=_exif_orientation_block(kind, payload, count), quality=100)
+    with Image.open(path) as img:
+        assert img.getexif().get(0x0112) not in range(1, 9)
+        assert exif_orientation(img) == 1
+    decoded = _as_hwc(decode_image(path))
+    assert decoded.shape == arr.shape
+    if fmt == "png":
+        np.testing.assert_array_equal(decoded, arr)
 
 
 def test_bmp_and_tiff_8bit_read(tmp_path):

@@ -59,7 +59,7 @@ def test_kxnet_data_keeps_its_exit_status(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(sys, "argv", ["kxnet-data", "check", str(missing)])
     with pytest.raises(SystemExit) as exit_info:
         console_main()
-    assert exit_info.value.code == 1 and "error:" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["kxnet-data", "--help"])
     with pytest.raises(SystemExit) as exit_info:
         console_main()

@@ -1,6 +1,8 @@
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,12 @@ from hydra import compose, initialize_config_module
 from PIL import Image
 
 from kxnet import KXNet
-from kxnet.checkpoint import save_weights
+from kxnet.checkpoint import load_model, save_weights
 from kxnet.config import project_root
-from kxnet.predict.prediction import PredictError, run
+from kxnet.predict.png import PngStreamWriter
+from kxnet.predict.prediction import PredictError, PredictOptions, predict_image, run
+from test_atomic import dead_pid
+from test_atomic import leftover as killed_writers
 
 
 @pytest.fixture
@@ -84,6 +89,116 @@ def test_a_checkpoint_is_needed_unless_stages_is_zero(images, tmp_path, capsys):
     )
     with Image.open(tmp_path / "b" / "a.png") as sr:
         assert sr.size == (45, 36)
+
+
+def _exif(kind: int, payload: bytes, count: int = 1) -> bytes:
+    """A TIFF (EXIF) block with one Orientation entry of TIFF type ``kind`` holding ``payload``:
+    what a camera, an editor or a forger can put there (12: a double, 2: text)."""
+    entry = struct.pack("<HHII", 0x0112, kind, count, 26)
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + b"\0" * 4 + payload
+
+
+def _png_with_exif(path: Path, png: bytes, exif: bytes) -> None:
+    """``png`` with an eXIf chunk right after its header chunk."""
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    path.write_bytes(png[:33] + chunk + png[33:])
+
+
+def _messy_inputs(folder: Path, elsewhere: Path) -> list[Path]:
+    """Inputs whose outputs would collide, bad EXIF of three kinds, a linked image; the good."""
+    folder.mkdir()
+    elsewhere.mkdir()
+    rng = np.random.default_rng(7)
+
+    def pixels(dtype=np.uint8, top=256):
+        return rng.integers(0, top, (12, 15, 3), dtype=dtype)
+
+    for name in ("a.png", "a.jpg", "a_png.tif", "A.PNG", "b.png", "b_kernel.png"):
+        Image.fromarray(pixels()).save(folder / name)
+    infinite = _exif(12, struct.pack("<d", float("inf")))
+    Image.fromarray(pixels()).save(folder / "nan.jpg", exif=b"Exif\0\0" + _exif(12, b"\xff" * 8))
+    Image.fromarray(pixels()).save(folder / "text.png", exif=_exif(2, b"rotate!\0", 8))
+    deep = folder / "deep.png"
+    with open(deep, "wb") as f:
+        writer = PngStreamWriter(f, 15, 12, bit_depth=16)
+        writer.write(pixels(np.uint16, 65536))
+        writer.close()
+    _png_with_exif(deep, deep.read_bytes(), infinite)
+    Image.fromarray(pixels()).save(elsewhere / "real.png")
+    (folder / "link.png").symlink_to(elsewhere / "real.png")
+    with Image.open(deep) as img:
+        assert img.getexif().get(0x0112) == float("inf")
+    return sorted(folder.iterdir())
+
+
+def _state(root: Path) -> dict:
+    return {
+        str(p): (p.is_symlink() and os.readlink(p), p.is_file() and p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_a_messy_folder_gives_every_good_image_its_own_outputs_and_touches_nothing(
+    weights, tmp_path, monkeypatch, capfd
+):
+    inputs = _messy_inputs(tmp_path / "in", tmp_path / "elsewhere")
+    (tmp_path / "in" / "broken.png").write_bytes(inputs[0].read_bytes()[:70])
+    out = tmp_path / "out"
+    (out / "b_stages").mkdir(parents=True)
+    (out / "b_stages" / "mine.txt").write_text("the user's notes")
+    (out / "a_png.png").write_bytes(b"the user's own a_png.png")
+    (out / "notes.txt").write_text("keep")
+    (out / ".hidden").write_text("keep")
+    (tmp_path / "elsewhere" / "keep.png").write_bytes(b"kept")
+    (out / "c.png").symlink_to(tmp_path / "elsewhere" / "keep.png")
+    leftover = killed_writers(out, "a_jpg.png", dead_pid())  # a SIGKILLed run's
+    running = killed_writers(out, "b.png", os.getppid())  # a live writer's: kept
+    users = _state(out) | _state(tmp_path / "in") | _state(tmp_path / "elsewhere")
+    del users[str(leftover)]
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    args = [f"ckpt_path={weights}", f"input={tmp_path / 'in'}", f"output={out}", "save_stages=true"]
+    monkeypatch.setattr(sys, "argv", ["kxnet.predict", *args, f"hydra.run.dir={tmp_path / 'h'}"])
+    from kxnet.predict.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main()
+    captured = capfd.readouterr()
+    assert stop.value.code == 1, captured.err
+    assert "Traceback" not in captured.out + captured.err
+    good = [p for p in inputs if p.name != "broken.png"]
+    assert f"Wrote {len(good)} of {len(good) + 1} images to {out}" in captured.out
+    assert f"1 failed:\n  {tmp_path / 'in' / 'broken.png'}: not a readable image" in captured.out
+    # Nothing of the user's was touched; the killed run's leftover is gone.
+    after = _state(out) | _state(tmp_path / "in") | _state(tmp_path / "elsewhere")
+    assert {k: v for k, v in after.items() if k in users} == users
+    assert not leftover.exists() and running.exists()
+    assert sorted(p.name for p in (out / "b_stages").iterdir()) == ["mine.txt"]
+    # Every good image has its own complete outputs: its SR image (as it alone gives it), its
+    # kernels and its stages, under a name of its own.
+    model = load_model(weights)
+    options = PredictOptions(save_stages=True)
+    written = {p.name for p in out.iterdir() if str(p) not in users}
+    sr_files = {n for n in written if n.endswith(".png") and f"{n[:-4]}_kernel.npy" in written}
+    assert len(sr_files) == len(good), sorted(written)
+    for i, path in enumerate(good):
+        alone = predict_image(model, path, tmp_path / "alone" / str(i), "x", options)
+        expected = (alone.outputs[0].parent / "x.png").read_bytes()
+        mine = [n for n in sr_files if (out / n).read_bytes() == expected]
+        assert len(mine) == 1, f"{path.name}: {mine}"
+        stem = mine[0].removesuffix(".png")
+        assert {f"{stem}_kernel.npy", f"{stem}_kernel.png", f"{stem}_stages"} <= written
+        stages = sorted(p.name for p in (out / f"{stem}_stages").iterdir())
+        assert stages == [
+            "k_00.png",
+            "k_01.png",
+            "kernels.npy",
+            "kernels.png",
+            "x_00.png",
+            "x_01.png",
+        ]
+    assert len(written) == 4 * len(good)
+    assert not [n for n in written if n.startswith(".")]
 
 
 def test_hydra_full_error_raises_instead(images, tmp_path, monkeypatch):

@@ -1,4 +1,6 @@
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from kxnet.checkpoint import load_model
 from kxnet.data.images import read_image
 from kxnet.errors import StartupError
 from kxnet.predict import png as png_module
+from kxnet.predict import prediction
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.prediction import (
     PredictError,
@@ -220,7 +223,7 @@ def test_mixed_folder_processes_the_good_and_lists_the_bad(model, tmp_path):
     bad = _bad_inputs(folder)
     out = tmp_path / "out"
     inputs = find_inputs(folder)
-    check_output_dir(out, inputs, save_stages=False)
+    check_output_dir(out, inputs)
     results, failures = predict_images(model, inputs, out, PredictOptions())
     assert sorted(r.path.name for r in results) == sorted(good)
     assert {f.path.name: f.reason for f in failures}.keys() == bad.keys()
@@ -261,18 +264,18 @@ def test_output_folder_checks(tmp_path):
     inputs = _make_inputs(tmp_path / "in")
     files = find_inputs(tmp_path / "in")
     with pytest.raises(PredictError, match="is the folder of the input images"):
-        check_output_dir(tmp_path / "in", files, save_stages=False)
+        check_output_dir(tmp_path / "in", files)
     with pytest.raises(PredictError, match="is the folder of the input images"):
-        check_output_dir(tmp_path / "in" / ".." / "in", [inputs["rgb.png"]], save_stages=False)
+        check_output_dir(tmp_path / "in" / ".." / "in", [inputs["rgb.png"]])
     nested = tmp_path / "out" / "rgb_stages"
     nested.mkdir(parents=True)
     (nested / "rgb.png").write_bytes(inputs["rgb.png"].read_bytes())
-    with pytest.raises(PredictError, match="would replace the input"):
-        check_output_dir(tmp_path / "out", [nested / "rgb.png"], save_stages=True)
+    with pytest.raises(PredictError, match="rgb_stages/rgb.png lies inside output=.*out"):
+        check_output_dir(tmp_path / "out", [nested / "rgb.png"])
     (tmp_path / "file").write_text("x")
     with pytest.raises(StartupError, match="output=.*file/out is not a writable folder"):
-        check_output_dir(tmp_path / "file" / "out", files, save_stages=False)
-    check_output_dir(tmp_path / "new" / "out", files, save_stages=True)
+        check_output_dir(tmp_path / "file" / "out", files)
+    check_output_dir(tmp_path / "new" / "out", files)
     assert list((tmp_path / "new" / "out").iterdir()) == []
 
 
@@ -285,6 +288,30 @@ def test_inputs_and_names(tmp_path):
     assert names == {Path("a.png"): "a_png", Path("a.JPG"): "a_jpg", Path("b.png"): "b"}
 
 
+def _produced(names: dict, save_stages: bool) -> list[str]:
+    tails = [".png", "_kernel.npy", "_kernel.png"] + (["_stages"] if save_stages else [])
+    return [f"{stem}{tail}".casefold() for stem in names.values() for tail in tails]
+
+
+@pytest.mark.parametrize("save_stages", [False, True])
+@pytest.mark.parametrize(
+    "files,existing",
+    [
+        (["a.png", "a.jpg", "a_png.tif"], []),  # two would be a_png
+        (["A.PNG", "A.png", "a.PNG"], []),  # the same name but for case
+        (["b.png", "b_kernel.png"], []),  # both would write b_kernel.png
+        (["c.png", "c_stages.png", "c_kernel.jpg"], ["C.png", "c_2_stages", "notes.txt"]),
+    ],
+)
+def test_output_names_never_collide_nor_take_an_existing_name(files, existing, save_stages):
+    inputs = sorted(Path(f) for f in files)
+    names = output_names(inputs, existing, save_stages)
+    produced = _produced(names, save_stages)
+    assert len(set(produced)) == len(produced) == len(inputs) * (3 + save_stages), names
+    assert not set(produced) & {e.casefold() for e in existing}, names
+    assert output_names(inputs, existing, save_stages) == names, "planned the same every time"
+
+
 def test_options_are_checked(model):
     assert PredictOptions().resolved_overlap(model) == receptive_radius(SCALE, 11, 1) == 16
     with pytest.raises(PredictError, match="raise tile.size to at least 38"):
@@ -292,6 +319,48 @@ def test_options_are_checked(model):
     with pytest.raises(PredictError, match="kernel_crop=2 is below"):
         PredictOptions(kernel_crop=2).check(model)
     PredictOptions(tile_size=38).check(model)
+    with pytest.raises(PredictError, match="tile.size=5000 is more than 4096 LR pixels"):
+        PredictOptions(tile_size=5000).check(model)
+    with pytest.raises(PredictError, match="kernel_crop=4097 is more than 4096"):
+        PredictOptions(kernel_crop=4097).check(model)
+    with pytest.raises(PredictError, match="max_pixels=0 must be a positive"):
+        PredictOptions(max_pixels=0).check(model)
+
+
+def test_an_image_over_max_pixels_is_refused_from_its_header(model, tmp_path, monkeypatch):
+    inputs = _make_inputs(tmp_path / "in")
+    path = inputs["rgb.png"]
+    with Image.open(path) as img:
+        pixels = img.width * img.height
+    decoded = []
+    monkeypatch.setattr(prediction, "decode_image", lambda p: decoded.append(p))
+    out = tmp_path / "out"
+    results, failures = predict_images(model, [path], out, PredictOptions(max_pixels=pixels - 1))
+    assert not results and not decoded and not list(out.iterdir())
+    assert f"LR pixels is more than max_pixels={pixels - 1}: raise max_pixels" in failures[0].reason
+    # With save_stages the T+1 stage images count: 2 here (one stage).
+    options = PredictOptions(max_pixels=2 * pixels - 1, save_stages=True)
+    _, failures = predict_images(model, [path], out, options)
+    assert (
+        "× 2 images (save_stages)" in failures[0].reason
+        and "save_stages=false" in failures[0].reason
+    )
+
+
+def test_an_image_beyond_what_is_decoded_at_all_is_refused_in_one_line(model, tmp_path):
+    """A PNG header of 20000×10000 (a few bytes on disk): refused from the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
+    path = tmp_path / "huge.png"
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    results, failures = predict_images(model, [path], tmp_path / "out", PredictOptions())
+    assert not results and "LR pixels, beyond what is decoded at all" in failures[0].reason
 
 
 def _shared_data() -> Path:

@@ -5,8 +5,11 @@ a debug limit, DDP with two gloo processes, and (slow) a two-job multirun with D
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -16,6 +19,7 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kxnet import KXNet
+from kxnet.atomic import SHARED_AGE_S
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.errors import ImageFolderError, StartupError
 from kxnet.eval import driver
@@ -24,6 +28,8 @@ from kxnet.pictures import comparison_strip
 from kxnet.train import train
 from kxnet.train.loggers import default_wandb_mode
 from kxnet.train.module import KXNetModule
+from kxnet.train.run import _own_best, _remove_leftovers
+from test_atomic import dead_pid, leftover
 from trainhelp import QUIET, compose_train, run_train
 
 
@@ -76,14 +82,32 @@ def _run(out: Path, bench: list[str], *overrides: str) -> float:
     return train(cfg)
 
 
-def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark):
+def _spy_on_loading(monkeypatch) -> list[tuple[str, object, object]]:
+    """Record (method, weights_only, ckpt_path) of every Trainer.fit and Trainer.test call."""
+    calls = []
+    for name in ("fit", "test"):
+        real = getattr(pl.Trainer, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            calls.append((_name, kwargs.get("weights_only"), kwargs.get("ckpt_path")))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(pl.Trainer, name, spy)
+    return calls
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark, monkeypatch):
     # The first run stops after one epoch; the second resumes from it for the next epoch.
     whole = _run(tmp_path / "whole", tiny_benchmark, "trainer.max_steps=4")
     _run(tmp_path / "first", tiny_benchmark, "trainer.max_steps=2", "test=false")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2
+    calls = _spy_on_loading(monkeypatch)
     resumed = _run(tmp_path / "resumed", tiny_benchmark, "trainer.max_steps=4", f"ckpt_path={last}")
     assert resumed == whole
+    # Every checkpoint Lightning loads is read weights-only; the test is of the final weights
+    # (export=last), which it loads from no file.
+    assert calls == [("fit", True, str(last)), ("test", True, None)]
     a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("whole", "resumed"))
     assert a["global_step"] == b["global_step"] == 4
     for key, value in a["state_dict"].items():
@@ -94,6 +118,44 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark):
     assert a["lr_schedulers"] == b["lr_schedulers"]
     half = torch.load(last)["state_dict"]
     assert any(not torch.equal(half[k], v) for k, v in a["state_dict"].items())
+
+
+def test_only_a_best_checkpoint_of_this_run_is_loaded(tmp_path, caplog):
+    own = tmp_path / "run" / "checkpoints"
+
+    def trainer(best):
+        callback = SimpleNamespace(best_model_path=str(best), dirpath=str(own))
+        return SimpleNamespace(checkpoint_callback=callback)
+
+    assert _own_best(trainer(own / "step0000004.ckpt")) == str(own / "step0000004.ckpt")
+    assert _own_best(trainer("")) == ""
+    # A resumed checkpoint's record can name any file: another run's, or one planted elsewhere.
+    for elsewhere in (tmp_path / "other" / "checkpoints" / "best.ckpt", own / ".." / "x.ckpt"):
+        assert _own_best(trainer(elsewhere)) == ""
+    assert "is not in this run's" in caplog.text
+    assert _own_best(SimpleNamespace(checkpoint_callback=None)) == ""
+
+
+def test_the_leftovers_of_killed_runs_are_removed_from_the_folders_a_run_writes(tmp_path):
+    cfg = compose_train(tmp_path / "run", f"paths.cache_dir={tmp_path / 'cache'}")
+    dead = dead_pid()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for folder in (checkpoints, tmp_path / "run" / "eval", tmp_path / "cache" / "Set5"):
+        folder.mkdir(parents=True)
+    killed = [
+        leftover(checkpoints, "last.ckpt", dead),
+        leftover(tmp_path / "run", "weights.pt", dead),
+        leftover(tmp_path / "run" / "eval", "results.json", dead),
+    ]
+    cached = leftover(tmp_path / "cache" / "Set5", "baby_k0.png", dead)
+    live = leftover(checkpoints, "last.ckpt", os.getppid())
+    _remove_leftovers(cfg)
+    assert not any(p.exists() for p in killed) and live.exists()
+    assert cached.exists(), "the shared cache: only leftovers untouched for a while"
+    old = time.time() - 2 * SHARED_AGE_S
+    os.utime(cached, (old, old))
+    _remove_leftovers(cfg)
+    assert not cached.exists()
 
 
 def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):

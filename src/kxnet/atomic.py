@@ -6,7 +6,10 @@ the same temporary file); when the block ends, the file is flushed to the disk (
 renamed over the target and the folder synced, so that a reader, or a run resumed after a crash,
 finds either the previous file or the new one. :class:`AtomicFiles` does the same for several
 files that belong together (an image's outputs, a results folder's tables): all of them appear,
-renamed one after the other once every one is complete, or none.
+renamed one after the other once every one is complete, or none; with ``replace=False`` none of
+them takes the place of anything already there. A writer killed by SIGKILL cannot remove its
+temporary files: :func:`remove_leftovers` removes, at the start of the next run, those (and only
+those) whose writer's process is gone.
 
 Lightning's own checkpoint writer (``lightning.fabric.utilities.cloud_io._atomic_save`` in 2.6)
 writes a temporary file in the system's temporary folder and moves it into place without
@@ -17,8 +20,12 @@ AtomicCheckpointIO` makes the Trainer save through :func:`atomic_save` instead.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,9 +41,20 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "AtomicFiles",
+    "remove_leftovers",
+    "SHARED_AGE_S",
 ]
 
+log = logging.getLogger(__name__)
+
 PARTIAL_SUFFIX = ".partial"
+# How long a temporary file in a folder that runs on several machines may share (the benchmark
+# cache) must lie untouched before it counts as left by a killed run.
+SHARED_AGE_S = 600.0
+# A temporary name of temporary_name(): .NAME.<writer's pid>-<8 hex digits>.partial
+_TEMPORARY = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX) + "$"
+)
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
@@ -66,11 +84,40 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    """Rename a complete temporary file (synced first) or folder over ``path``."""
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "already exists, not replaced", str(path))
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless something is at ``path`` (FileExistsError).
+
+    A file is hard-linked into place (which fails if the name is taken, whatever raced to take
+    it) and its temporary name removed; a folder, or a file on a file system without hard
+    links, is renamed after a check (a folder renamed over a non-empty one fails anyway)."""
+    if not tmp.is_dir():
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError:
+            pass
+        else:
+            tmp.unlink()
+            return
+    if os.path.lexists(path):
+        raise _exists(path)
+    os.rename(tmp, path)
+
+
+def _commit(tmp: Path, path: Path, replace: bool = True) -> None:
+    """Rename a complete temporary file (synced first) or folder over ``path`` (with
+    ``replace=False``: to ``path``, FileExistsError if something is there)."""
     if tmp.is_file():
         _sync(tmp)
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+    else:
+        _place(tmp, path)
     _sync(path.parent)
 
 
@@ -111,11 +158,15 @@ class AtomicFiles:
     """Several files of one folder written together: :meth:`path` hands out the temporary name of
     each, :meth:`commit` renames them all into place, :meth:`abort` removes them.
 
-    As a context manager it commits when the block ends and aborts if it raises.
+    With ``replace=False`` nothing already in the folder is replaced: if any name is taken when
+    :meth:`commit` comes, the files it had already put in place are removed again and
+    FileExistsError is raised, so that all of them appear or none. As a context manager it
+    commits when the block ends and aborts if it raises.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, replace: bool = True) -> None:
         self.folder = Path(folder)
+        self.replace = replace
         self.pending: list[tuple[Path, Path]] = []
 
     def path(self, name: str) -> Path:
@@ -135,11 +186,19 @@ class AtomicFiles:
 
     def commit(self) -> list[Path]:
         """Rename every file into place; returns their final paths."""
-        for tmp, final in self.pending:
-            _commit(tmp, final)
-        done = [final for _, final in self.pending]
+        placed: list[Path] = []
+        try:
+            for tmp, final in self.pending:
+                _commit(tmp, final, self.replace)
+                placed.append(final)
+        except BaseException:
+            if not self.replace:  # what was placed is this commit's own: take it back
+                for final in placed:
+                    _remove(final)
+            self.abort()
+            raise
         self.pending = []
-        return done
+        return placed
 
     def abort(self) -> None:
         for tmp, _ in self.pending:
@@ -155,3 +214,51 @@ class AtomicFiles:
             self.commit()
         else:
             self.abort()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user counts)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_leftovers(
+    folder: str | os.PathLike, recursive: bool = False, min_age_s: float = 0.0
+) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left in ``folder``.
+
+    Only names made by :func:`temporary_name` (``.NAME.<pid>-<8 hex digits>.partial``) whose
+    writer, the process ``pid``, is no longer running, are removed: never a file kxnet did not
+    name, nor one that a running process (this one, another run) is writing. With
+    ``recursive``, sub-folders are searched too; with ``min_age_s``, only files untouched for
+    that long are removed (for a folder that runs on other machines share, whose process ids
+    mean nothing here). Returns what was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            found = _TEMPORARY.match(name)
+            if found is None or path.is_symlink():
+                continue
+            pid = int(found.group("pid"))
+            if pid == os.getpid() or _alive(pid):
+                continue
+            if min_age_s and time.time() - path.lstat().st_mtime < min_age_s:
+                continue
+            _remove(path)
+            removed.append(path)
+        dirnames[:] = [d for d in dirnames if recursive and not _TEMPORARY.match(d)]
+    if removed:
+        log.info("removed %d temporary file(s) left by killed runs in %s", len(removed), folder)
+    return removed

@@ -10,13 +10,16 @@ Three formats are read:
 - a state dict released by the paper's authors (``.pth``), through :func:`kxnet.load_official`.
 
 Files are read with ``torch.load(weights_only=True)`` (tensors, plain containers and OmegaConf
-configs only), so loading a file cannot run code. Every failure is a
-:class:`~kxnet.errors.CheckpointError` whose one-line message names the file, what is wrong and
-how to fix it.
+configs only), so loading a file cannot run code: one that holds code (a pickled function or
+class, such as ``posix.system``) is refused as such. A stored config is never resolved (an
+OmegaConf interpolation could read environment variables or files): one that holds an
+interpolation is refused. Every failure is a :class:`~kxnet.errors.CheckpointError` whose
+one-line message names the file, what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -43,7 +46,9 @@ __all__ = [
     "lightning_net_config",
     "load_model",
     "model_config",
+    "plain_config",
     "read_checkpoint",
+    "safe_loading",
     "save_weights",
 ]
 
@@ -75,7 +80,10 @@ _UNREADABLE = (
     "not a readable PyTorch checkpoint: the file is truncated, corrupt or of another kind; "
     "save or download it again"
 )
-_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# How torch's weights-only unpickler names a global it refused ("Unsupported global: GLOBAL
+# fractions.Fraction …", "Trying to load unsupported GLOBAL posix.system whose module posix is
+# blocked").
+_UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def model_config(model: KXNet) -> dict:
@@ -101,6 +109,12 @@ def save_weights(model: KXNet, path: str | os.PathLike) -> Path:
     return atomic_save(payload, path)
 
 
+def safe_loading() -> contextlib.AbstractContextManager:
+    """A block in which ``torch.load(weights_only=True)`` (Lightning's too, when resuming or
+    testing) also takes the OmegaConf containers that configs are saved as: still no code."""
+    return torch.serialization.safe_globals(_SAFE_GLOBALS)
+
+
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> object:
     """The object saved in ``path``, loaded with ``weights_only=True``; CheckpointError if the
     file is missing, empty, unreadable or holds code."""
@@ -109,53 +123,89 @@ def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> obj
     if path.stat().st_size == 0:
         raise CheckpointError(path, "empty file (0 bytes): the checkpoint was not saved completely")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with safe_loading():
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _UNSUPPORTED.search(str(err))
         if found:
             raise CheckpointError(
                 path,
-                f"holds a Python object ({found.group(1)}) besides weights, which is not loaded "
-                "from a file that could run code; from a trusted copy, re-save the network with "
-                "kxnet.checkpoint.save_weights",
+                f"holds code ({found.group(1)}, which loading the file would call) besides "
+                "weights, and was refused: a checkpoint is only read in a way that cannot run "
+                "code; from a trusted copy, re-save the network with kxnet.checkpoint.save_weights",
             ) from err
         raise CheckpointError(path, _UNREADABLE) from err
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, AttributeError) as err:
         raise CheckpointError(path, _UNREADABLE) from err
 
 
-def lightning_net_config(ckpt: Mapping) -> Mapping | None:
+def _interpolation(value: object, key: str) -> str | None:
+    """The key of the first OmegaConf interpolation (``${…}``) in a plain config, or None."""
+    if isinstance(value, str):
+        return key if "${" in value else None
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _interpolation(v, f"{key}.{k}")
+        if found:
+            return found
+    return None
+
+
+def plain_config(path: Path, config: Mapping, where: str) -> dict:
+    """A config stored in a checkpoint as a plain dict, never resolved: an OmegaConf
+    interpolation in it (which could read environment variables or files, or fail) is refused
+    with :class:`CheckpointError`, naming its key but not its text."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=False)
+    found = _interpolation(config, where)
+    if found:
+        raise CheckpointError(
+            path,
+            f"its stored config holds an interpolation (${{…}}) at {found}, which is not "
+            "resolved (it could read environment variables or files): refused; re-save the "
+            "network from a trusted copy with kxnet.checkpoint.save_weights",
+        )
+    return dict(config)
+
+
+def lightning_net_config(ckpt: Mapping, path: Path) -> dict | None:
     """The network config that :class:`~kxnet.train.module.KXNetModule` saved in a Lightning
-    checkpoint (``hyper_parameters["net"]``, or ``["model"]`` before), None if there is none."""
+    checkpoint (``hyper_parameters["net"]``, or ``["model"]`` before) as a plain dict, never
+    resolved (:func:`plain_config`); None if there is none."""
     hparams = ckpt.get("hyper_parameters") or {}
     if not isinstance(hparams, Mapping):
         return None
-    config = hparams.get("net", hparams.get("model"))
-    return config if isinstance(config, Mapping) else None
+    key = "net" if "net" in hparams else "model"
+    config = hparams.get(key)
+    if not isinstance(config, Mapping):
+        return None
+    return plain_config(path, config, f"hyper_parameters.{key}")
 
 
 def _from_lightning(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
-    config = lightning_net_config(ckpt)
+    config = lightning_net_config(ckpt, path)
     if config is None:
         raise CheckpointError(
             path,
             "Lightning checkpoint without hyper_parameters['net']: not saved by "
             "kxnet.train.module.KXNetModule",
         )
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
     state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     if not state:
         raise CheckpointError(path, "Lightning checkpoint without 'net.' weights")
-    return dict(config), state
+    return config, state
 
 
 def _from_weights(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
     config, state = ckpt.get("config"), ckpt.get("state_dict")
     if not isinstance(config, Mapping) or not isinstance(state, Mapping):
         raise CheckpointError(path, "kxnet-weights file without 'config' and 'state_dict'")
-    return dict(config), dict(state)
+    return plain_config(path, config, "config"), dict(state)
 
 
 def _check(path: Path, found: dict, expect: dict) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from kxnet import kernels, physics
+from kxnet import kernels
 from kxnet.checkpoint import OPTIONS
 from kxnet.data.benchmarks import DATASETS
 from kxnet.data.images import list_images
@@ -29,6 +29,7 @@ __all__ = [
     "check_scale_setting",
     "check_model",
     "check_device",
+    "check_devices",
     "asked_properties",
     "check_writable",
     "check_benchmarks",
@@ -59,8 +60,8 @@ def check_model(
     scale: Any, setting: Any, stages: Any, kernel_size: Any, lr_patch_size: Any | None = None
 ) -> None:
     """Scale 2/3/4, setting iso/aniso, stages >= 0 and an odd kernel size; with
-    ``lr_patch_size``, an HR patch (``lr_patch_size · scale``) that the kernel's reflect padding
-    fits (:func:`kxnet.physics.check_shapes`)."""
+    ``lr_patch_size``, an HR patch (``lr_patch_size · scale``) at least as large as the p×p
+    kernel that blurs it (a smaller one would be all reflect padding)."""
     check_scale_setting(scale, setting)
     positive_int(stages, OPTIONS["stages"], minimum=0)
     p = positive_int(kernel_size, OPTIONS["kernel_size"])
@@ -73,16 +74,40 @@ def check_model(
         return
     lr = positive_int(lr_patch_size, "data.lr_patch_size")
     hr = lr * scale
-    try:
-        physics.check_shapes(
-            torch.empty(1, 3, hr, hr, device="meta"), torch.empty(1, p, p, device="meta"), scale
-        )
-    except ValueError as err:
-        smallest = (p // 2) // scale + 1
+    if hr < p:
+        smallest = -(-p // scale)
         raise StartupError(
-            f"data.lr_patch_size={lr} is too small for {p}×{p} kernels at x{scale} ({err}): "
-            f"set data.lr_patch_size={smallest} or more"
-        ) from err
+            f"data.lr_patch_size={lr} is too small for {p}×{p} kernels at x{scale} (its HR "
+            f"patches of {hr}×{hr} are smaller than the kernel): set data.lr_patch_size="
+            f"{smallest} or more"
+        )
+
+
+def check_devices(devices: Any, option: str = "trainer.devices") -> None:
+    """A device count Lightning takes: an integer >= 1, -1 (all), ``auto``, or a non-empty list
+    (or comma-separated string) of distinct device indices."""
+    value = list(devices) if isinstance(devices, ListConfig | list | tuple) else devices
+    if isinstance(value, str) and value.strip() not in ("auto", "-1"):
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if len(parts) == 1 and parts[0].lstrip("-").isdigit():
+            value = int(parts[0])
+        elif parts and all(part.isdigit() for part in parts):
+            value = [int(part) for part in parts]
+    ok = (
+        value in ("auto", "-1")
+        or (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1))
+        or (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+            and len(set(value)) == len(value)
+        )
+    )
+    if not ok:
+        raise StartupError(
+            f"{option}={devices} is not a device count: use a number >= 1, -1 (every device), "
+            f"auto, or a list of device indices such as {option}=[0,1]"
+        )
 
 
 def check_device(name: str, option: str) -> torch.device:

@@ -1,14 +1,28 @@
-"""Hydra/OmegaConf glue: the project root, per-scale resolvers and path resolution."""
+"""Hydra/OmegaConf glue: the project root, per-scale resolvers, path resolution, and the
+``main()`` of every Hydra command (:func:`command`)."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+import hydra
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from kxnet import hardware, kernels
+from kxnet.errors import StartupError, one_line_errors
 
 __all__ = [
     "APPS",
@@ -19,6 +33,9 @@ __all__ = [
     "project_root",
     "resolve_path",
     "register_resolvers",
+    "run_id",
+    "check_command_line",
+    "command",
 ]
 
 APPS = ("train", "eval", "predict", "bench")
@@ -85,10 +102,18 @@ def resolve_path(path: str | os.PathLike | None, root: str | os.PathLike | None 
     return p if p.is_absolute() else (Path(root) if root else project_root()) / p
 
 
+def run_id() -> str:
+    """A short name part that no other run shares: this process's id (unique among the runs of
+    one machine at a time) and 16 random bits (apart between machines), in hex."""
+    return f"{os.getpid():x}{secrets.token_hex(2)}"
+
+
 def register_resolvers() -> None:
     """``${kx.root:}``, ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
     ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``,
-    ``${kx.config_groups:APP}`` (the help's list of groups)."""
+    ``${kx.config_groups:APP}`` (the help's list of groups) and ``${kx.run_id:}``
+    (:func:`run_id`, drawn once per config: cached, and copied by Hydra into every job of a
+    sweep, so that a run's folder name is the same wherever it is read)."""
     resolvers = {
         "kx.root": lambda: str(project_root()),
         "kx.cpu_precision": hardware.cpu_precision,
@@ -100,6 +125,116 @@ def register_resolvers() -> None:
     }
     for name, fn in resolvers.items():
         OmegaConf.register_new_resolver(name, fn, replace=True)
+    OmegaConf.register_new_resolver("kx.run_id", run_id, replace=True, use_cache=True)
 
 
 register_resolvers()
+
+
+def _keys(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a plain config (dicts in dicts)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            yield from _keys(value, f"{prefix}{key}.")
+
+
+def _squash(text: str) -> str:
+    """Hydra's several-line messages as one line: the indented lists joined with commas, the
+    search path (which the user did not ask about) left out."""
+    text = text.split("Config search path:")[0]
+    parts: list[str] = []
+    items: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line[:1].isspace() and parts:
+            items.append(line.strip())
+            continue
+        if items:
+            parts[-1] += " " + ", ".join(items)
+            items = []
+        parts.append(line.strip())
+    if items:
+        parts[-1] += " " + ", ".join(items)
+    return " ".join(parts)
+
+
+def _close_keys(app: str, key: str) -> list[str]:
+    """The keys of ``app``'s default config that look like ``key`` (for a mistyped option)."""
+    try:
+        cfg = compose(app, overrides=[])
+    except Exception:  # only a hint: the error itself is reported anyway
+        return []
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    keys = [k for k in _keys(plain) if not k.rsplit(".", 1)[-1].startswith("_")]
+    return difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+
+
+def check_command_line(app: str, args: Sequence[str]) -> None:
+    """Compose ``app``'s config from a command line of overrides, as Hydra will, and raise
+    :class:`StartupError` with one line if that fails: a mistyped option or group option, a
+    value that does not parse, a sweep without ``-m`` (or a preset setting
+    ``hydra.mode=MULTIRUN``). Hydra would print several lines and exit with status 1. Command
+    lines with flags (``-m``, ``--cfg``, ``--help``, …) are Hydra's own."""
+    args = list(args)
+    if any(arg.startswith("-") for arg in args):
+        return
+    parser = OverridesParser.create()
+    sweeps = []
+    for arg in args:
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException as err:
+            raise StartupError(f"{arg}: {_squash(str(err))}") from err
+        if override.is_sweep_override():
+            sweeps.append(arg)
+    plain = [arg for arg in args if arg not in sweeps]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(f"{CONFIG_MODULE}.{app}", version_base="1.3"):
+            try:
+                cfg = compose(app, overrides=plain, return_hydra_config=bool(sweeps))
+            except (HydraException, OmegaConfBaseException) as err:
+                message = _squash(str(err))
+                cause = err.__cause__
+                if isinstance(cause, OmegaConfBaseException):
+                    message += f" ({_squash(str(cause)).split(' full_key:')[0]})"
+                    key = getattr(cause, "full_key", None)
+                    close = _close_keys(app, key) if key else []
+                    if close:
+                        message += f": did you mean {' or '.join(close)}?"
+                raise StartupError(message) from err
+            # A sweep is a multirun's (a preset may set hydra.mode=MULTIRUN), else a mistake.
+            if sweeps and str(cfg.hydra.mode) != str(RunMode.MULTIRUN):
+                key = sweeps[0].split("=", 1)[0]
+                raise StartupError(
+                    f"{sweeps[0]} is a sweep, but this is not a multirun: add -m to run a job for "
+                    f"each value, or give one value ({key}=[a,b] is a list, {key}='a,b' a string)"
+                )
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def command(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    """The ``main()`` of ``python -m kxnet.<app>``: Hydra's main on ``app``'s config calling
+    ``task(cfg)``, where every user error (:data:`kxnet.errors.USER_ERRORS`, and a command line
+    that does not compose) is one line on stderr with exit status 2 (1 for a run that failed
+    after it had started); ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+
+    Hydra prints an exception raised by a task function with its own traceback and exits with
+    1, so the conversion happens inside the task function.
+    """
+
+    @hydra.main(version_base="1.3", config_path=config_path(app), config_name=app)
+    def hydra_main(cfg: DictConfig) -> Any:
+        with one_line_errors():
+            return task(cfg)
+
+    def main() -> Any:
+        with one_line_errors():
+            check_command_line(app, sys.argv[1:])
+        return hydra_main()
+
+    main.__doc__ = f"``python -m kxnet.{app}``: Hydra's main, with one-line errors."
+    return main

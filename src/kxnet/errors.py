@@ -3,7 +3,9 @@
 Every error here carries a one-line message: the option or file at fault, what is wrong with it
 and what would fix it. :func:`one_line_errors` turns any of them into that line on stderr and an
 exit status (2 for a run that cannot start, 1 for a run that failed after it had started), with
-the traceback only when ``HYDRA_FULL_ERROR=1``.
+the traceback only when ``HYDRA_FULL_ERROR=1``. OmegaConf's errors about the composed config (a
+value left at ``???``, an interpolation that cannot be resolved, a key that is not there) are
+user errors too: :func:`config_error` words them as a :class:`StartupError` naming the key.
 """
 
 from __future__ import annotations
@@ -13,6 +15,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 __all__ = [
     "START_UP_EXIT",
@@ -24,9 +34,12 @@ __all__ = [
     "ImageReadError",
     "ImageFolderError",
     "DownloadError",
+    "TransferError",
     "CheckpointError",
     "ReportError",
     "DivergedError",
+    "USER_ERRORS",
+    "config_error",
     "report_error",
     "one_line_errors",
 ]
@@ -77,6 +90,12 @@ class DownloadError(DataError):
     """A download, archive or copy of a data set that cannot be used."""
 
 
+class TransferError(DownloadError):
+    """A download that broke off after it had started (what was received is kept to resume)."""
+
+    exit_status = 1
+
+
 class CheckpointError(KXNetError, ValueError):
     """A checkpoint that cannot be used; the message names the file, the cause and the fix."""
 
@@ -96,21 +115,50 @@ class DivergedError(KXNetError, RuntimeError):
     exit_status = 1
 
 
-def report_error(err: BaseException, status: int = START_UP_EXIT) -> int:
-    """Print ``error: MESSAGE`` (on one line) to stderr and return ``status``; with
-    ``HYDRA_FULL_ERROR=1``, raise ``err`` instead, traceback and all."""
+# What a user's mistake raises: kxnet's own errors and OmegaConf's about the composed config.
+USER_ERRORS = (KXNetError, OmegaConfBaseException)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def config_error(err: OmegaConfBaseException) -> StartupError:
+    """An OmegaConf error about the composed config as a one-line :class:`StartupError` naming
+    the key: a value left at ``???``, an interpolation that does not resolve, a missing key."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "the config"
+    if isinstance(err, MissingMandatoryValue):
+        message = f"{key} is not set (???): give it on the command line, {key}=…"
+    elif isinstance(err, InterpolationResolutionError):
+        cause = err.__cause__ if err.__cause__ is not None else err
+        message = f"{key} cannot be resolved ({_first_line(cause)}): check the options it refers to"
+    elif isinstance(err, ConfigKeyError | ConfigAttributeError):
+        message = f"{key}: no such option ({_first_line(err)}): check its spelling"
+    else:
+        message = f"{key}: {_first_line(err)}"
+    return StartupError(message)
+
+
+def report_error(err: BaseException, status: int | None = None) -> int:
+    """Print ``error: MESSAGE`` (on one line) to stderr and return ``status`` (by default the
+    error's ``exit_status``, 2 for a config error); with ``HYDRA_FULL_ERROR=1``, raise ``err``
+    instead, traceback and all."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
-    message = " ".join(str(err).split())
+    shown = config_error(err) if isinstance(err, OmegaConfBaseException) else err
+    if status is None:
+        status = getattr(shown, "exit_status", START_UP_EXIT)
+    message = " ".join(str(shown).split())
     print(f"error: {message}", file=sys.stderr, flush=True)
     return status
 
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn a :class:`KXNetError` into :func:`report_error`'s line and ``SystemExit`` with the
-    error's ``exit_status``."""
+    """Turn a user's error (:data:`USER_ERRORS`) into :func:`report_error`'s line and
+    ``SystemExit`` with the error's exit status."""
     try:
         yield
-    except KXNetError as err:
-        raise SystemExit(report_error(err, err.exit_status)) from None
+    except USER_ERRORS as err:
+        raise SystemExit(report_error(err)) from None

@@ -4,6 +4,7 @@
     python -m kxnet.bench scale=2 'phases=[infer]'      # one phase at x2
 
 Prints the tables of :func:`kxnet.bench.runner.run` and writes ``bench.json`` into the run folder.
+A configuration that cannot run (scale, device, dtype, sizes) stops with one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
 from kxnet.atomic import atomic_write
 from kxnet.bench.runner import run
-from kxnet.config import config_path
+from kxnet.config import command
 
 
-@hydra.main(version_base="1.3", config_path=config_path("bench"), config_name="bench")
-def main(cfg: DictConfig) -> None:
+def _bench(cfg: DictConfig) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
@@ -30,6 +29,9 @@ def main(cfg: DictConfig) -> None:
         Path(cfg.paths.output_dir) / "bench.json", json.dumps(report, indent=2, default=float)
     )
     console.print(f"wrote {out}")
+
+
+main = command("bench", _bench)
 
 
 if __name__ == "__main__":

@@ -32,16 +32,17 @@ from typing import Any
 from unittest import mock
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from kxnet import hardware, kernels, physics
 from kxnet.bench import authors, formulations, loader, measure, scaling
-from kxnet.checks import check_device
+from kxnet.checks import check_device, check_model, check_scale_setting, positive_int
 from kxnet.config import resolve_path
 from kxnet.data.images import read_image
 from kxnet.data.synthesis import Degradation
+from kxnet.errors import StartupError
 from kxnet.loss import StageLoss
 from kxnet.nn import KXNet
 
@@ -258,16 +259,16 @@ def _infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     """The benchmark image, mod-cropped, blurred by a test kernel, downsampled, 8-bit: 1×3×h×w."""
     path = resolve_path(cfg.infer.image, resolve_path(cfg.paths.benchmark_dir, cfg.paths.root_dir))
     if not path.is_file():
-        raise FileNotFoundError(
+        raise StartupError(
             f"infer.image: {path} does not exist; name an image under paths.benchmark_dir"
         )
-    hr = read_image(path).unsqueeze(0)
     s = cfg.scale
-    hr = hr[..., : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
     bank, _ = kernels.test_bank(cfg.setting.name, s, dtype=torch.float32)
     index = cfg.infer.kernel_index
-    if not 0 <= index < len(bank):
-        raise ValueError(f"infer.kernel_index must be in 0…{len(bank) - 1}, got {index}")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(bank):
+        raise StartupError(f"infer.kernel_index must be in 0…{len(bank) - 1}, got {index}")
+    hr = read_image(path).unsqueeze(0)
+    hr = hr[..., : hr.shape[-2] // s * s, : hr.shape[-1] // s * s]
     lr = physics.blur_downsample(hr, bank[index : index + 1], s)
     return (lr * 255).round().clamp(0, 255) / 255, str(path)
 
@@ -276,26 +277,40 @@ PHASES = ("train", "infer", "synthesis", "hot_spots", "conv", "scaling", "loader
 
 
 def _check(cfg: DictConfig) -> None:
-    unknown = set(cfg.phases) - set(PHASES)
-    if unknown or not cfg.phases:
-        raise ValueError(f"phases must be a non-empty list of {list(PHASES)}, got {cfg.phases}")
-    unknown = [p for p in cfg.precisions if p not in DTYPES]
-    if unknown or "float32" not in cfg.precisions:
-        raise ValueError(
-            f"precisions must list float32 and any of {sorted(DTYPES)}, got {list(cfg.precisions)}"
+    """Every option that can be checked before measuring: StartupError (one line) if not."""
+    check_scale_setting(cfg.scale, cfg.setting.name)
+    phases = cfg.phases
+    if not isinstance(phases, ListConfig | list) or not phases or set(phases) - set(PHASES):
+        raise StartupError(f"phases must be a non-empty list of {list(PHASES)}, got {phases}")
+    precisions = cfg.precisions
+    if (
+        not isinstance(precisions, ListConfig | list)
+        or "float32" not in precisions
+        or (set(precisions) - set(DTYPES))
+    ):
+        raise StartupError(
+            f"precisions must list float32 and any of {sorted(DTYPES)}, got {precisions}"
         )
     for key in ("batch", "lr_size", "repeats"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
-    if int(cfg.model.net.stages) < 1:
-        raise ValueError(f"model.net.stages must be >= 1 to train, got {cfg.model.net.stages}")
+        positive_int(cfg[key], key)
+    positive_int(cfg.warmup, "warmup", minimum=0)
+    positive_int(cfg.hot_spots.repeats, "hot_spots.repeats")
+    positive_int(cfg.hot_spots.warmup, "hot_spots.warmup", minimum=0)
+    if cfg.threads is not None:
+        positive_int(cfg.threads, "threads")
+    positive_int(cfg.model.net.stages, "model.net.stages")  # a training step needs a stage
+    check_model(cfg.scale, cfg.setting.name, cfg.model.net.stages, cfg.model.net.kernel_size)
+    p = int(cfg.model.net.kernel_size)
+    if cfg.lr_size * cfg.scale <= p // 2:
+        raise StartupError(
+            f"lr_size={cfg.lr_size} is too small for kernel size {p} at x{cfg.scale}: set "
+            f"lr_size={(p // 2) // cfg.scale + 1} or more"
+        )
 
 
 def _sides(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor | None) -> tuple:
     """The specs of ours (as configured, float32) and of the authors' formulation."""
     p = int(cfg.model.net.kernel_size)
-    if cfg.lr_size * cfg.scale <= p // 2:
-        raise ValueError(f"lr_size={cfg.lr_size} is too small for kernel size {p} at x{cfg.scale}")
     common = {
         "device": str(device),
         "threads": cfg.threads,

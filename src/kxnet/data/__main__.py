@@ -4,6 +4,10 @@ python -m kxnet.data download [--root data/full] [--sets div2k flickr2k] [--from
 python -m kxnet.data download --sets benchmarks --from DIR
 python -m kxnet.data prepare SRC DEST        # each image of SRC decoded once, stored raw in DEST
 python -m kxnet.data check DIR [--patch-size 256] [--check verify] [--bench 200]
+
+Exit status: 0 on success; 2 for what can be told at the start (a mistyped option, a missing
+folder, an archive that fails its check: one line on stderr says what and how to fix it); 1
+for a download that broke off (run the same command again to resume) or a failing disk.
 """
 
 from __future__ import annotations
@@ -24,10 +28,36 @@ from kxnet.data.download import (
     verify_benchmarks,
 )
 from kxnet.data.images import CHECKS
-from kxnet.errors import DataError, DownloadError
+from kxnet.errors import USER_ERRORS, DownloadError, report_error
 
 GROUPS = {"train": tuple(TRAIN_SETS), "benchmarks": tuple(s.lower() for s in BENCHMARK_SETS)}
 CHOICES = (*TRAIN_SETS, *GROUPS["benchmarks"], *GROUPS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported as one line (exit status 2)."""
+
+    def error(self, message: str) -> None:
+        print(
+            f"error: {' '.join(message.split())} (see {self.prog} --help)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2)
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _path(arg: str) -> Path:
@@ -136,9 +166,7 @@ def check(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     prog = "kxnet-data" if Path(sys.argv[0]).name == "kxnet-data" else "python -m kxnet.data"
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1]
-    )
+    parser = _Parser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch, or check and link an existing copy of, data sets")
     dl.add_argument("--root", help="data root (default: data/full in the project)")
@@ -156,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         help="use this existing copy (archives, or extracted folders) instead of downloading",
     )
     dl.add_argument("--keep-archives", action="store_true", help="keep archives once extracted")
-    dl.add_argument("--retries", type=int, default=3, help="retries of a broken transfer")
-    dl.add_argument("--threads", type=int, default=None, help="threads checking images")
+    dl.add_argument("--retries", type=_count(0), default=3, help="retries of a broken transfer")
+    dl.add_argument("--threads", type=_count(1), default=None, help="threads checking images")
     dl.set_defaults(run=download)
     pr = sub.add_parser(
         "prepare", help="decode every image of a training folder once into raw arrays (resumable)"
@@ -167,18 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     pr.set_defaults(run=prepare)
     ck = sub.add_parser("check", help="check a folder of training images (and time it)")
     ck.add_argument("folder")
-    ck.add_argument("--patch-size", type=int, default=256, help="HR patch (scale × LR patch)")
+    ck.add_argument("--patch-size", type=_count(1), default=256, help="HR patch (scale × LR patch)")
     ck.add_argument("--check", choices=CHECKS, default="verify")
-    ck.add_argument("--threads", type=int, default=None)
-    ck.add_argument("--bench", type=int, default=0, help="also time every check and N patches")
+    ck.add_argument("--threads", type=_count(1), default=None)
+    ck.add_argument(
+        "--bench", type=_count(0), default=0, help="also time every check and N patches"
+    )
     ck.set_defaults(run=check)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.run(args)
-    except (DataError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as err:
+        return report_error(err)
+    except OSError as err:
+        return report_error(err, 1)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -9,11 +9,17 @@ Layout under a data root (default ``data/full``)::
     <root>/DIV2K_Flickr2K_prepared/                      `python -m kxnet.data prepare` of the
                                                          training images: paths.train_dir
 
-A download resumes from its ``.part`` file; an archive is checked (size and SHA256 where they are
-published, else the image count and names) before it gets its final name; a set is extracted
-into a hidden temporary folder, checked (every expected file present, none extra, every image
-sound), then renamed into place, so no half-extracted folder is ever visible. An existing copy
-(archive or extracted folder) is used instead with ``source``: checked the same way and linked.
+A download resumes from its ``.part`` file; an archive is checked (its size where published, and
+its pinned checksum: DIV2K's published SHA256; for Flickr2K, whose authors publish none, the MD5
+that torchsr pins for the same URL) before it is opened; a set is extracted into a hidden
+temporary folder, checked (every expected file present, none extra, every image sound), then
+renamed into place, so no half-extracted folder is ever visible. Archives are not trusted
+further than that: a tar is opened uncompressed only (mode ``r:``), an image member must be a
+plain file (no link, device or sparse member, none twice), and every member, and all of them
+together, are capped in size while they are copied (a zip's declared sizes are not believed).
+A downloaded archive that fails its check or its extraction is deleted, so that the next run
+downloads it afresh; a copy given with ``source`` is never deleted. An existing copy (archive or
+extracted folder) is used instead with ``source``: checked the same way and linked.
 The benchmark sets (Set5, Set14, BSD100, Urban100) have no single official archive: a copy is
 checked file by file against the SHA256 list shipped with the package.
 """
@@ -34,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from kxnet.atomic import atomic_path
+from kxnet.atomic import atomic_path, remove_leftovers
 from kxnet.data.images import list_images, scan_images
-from kxnet.errors import DownloadError
+from kxnet.errors import DownloadError, TransferError
 
 __all__ = [
     "TRAIN_FOLDER",
@@ -47,6 +53,7 @@ __all__ = [
     "TrainSet",
     "download_file",
     "sha256_file",
+    "file_digest",
     "check_archive",
     "check_train_folder",
     "install_train_set",
@@ -58,16 +65,26 @@ TRAIN_FOLDER = "DIV2K_Flickr2K"
 BENCHMARK_SETS = ("Set5", "Set14", "BSD100", "Urban100")
 _SUMS = Path(__file__).with_name("benchmark_hr.sha256")
 Report = Callable[[str], None]
+_MIB = 1 << 20
+# What the head of a compressed tar looks like (only uncompressed tars are opened).
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
 
 
 @dataclass(frozen=True)
 class TrainSet:
     """One training set: where its archive is, how to check it, which files it must give.
 
-    ``archive_bytes``/``sha256`` are the published size and hash of the archive (``None`` where
-    none is published: the extracted files are then checked by names, count and decoding).
-    ``member_dir`` is the archive folder holding the HR images; ``names`` are those images;
-    they are installed in ``<root>/<parent>/<folder>``.
+    ``archive_bytes`` is the published size of the archive and ``checksum`` its pinned hash as
+    ``ALGORITHM:HEX`` (``sha256:…`` or ``md5:…``); ``None`` where there is none (the extracted
+    files are then checked by names, count and decoding only). ``member_dir`` is the archive
+    folder holding the HR images; ``names`` are those images, installed in
+    ``<root>/<parent>/<folder>``. ``max_member_bytes`` caps each extracted image and
+    ``max_total_bytes`` all of them (default: 16 MiB an image).
     """
 
     key: str
@@ -75,11 +92,17 @@ class TrainSet:
     url: str
     archive: str
     archive_bytes: int | None
-    sha256: str | None
+    checksum: str | None
     member_dir: str
     names: tuple[str, ...]
     folder: str
     parent: str = "DIV2K_Flickr2K"
+    max_member_bytes: int = 64 * _MIB
+    max_total_bytes: int | None = None
+
+    @property
+    def total_cap(self) -> int:
+        return self.max_total_bytes or 16 * _MIB * len(self.names)
 
 
 TRAIN_SETS = {
@@ -89,7 +112,7 @@ TRAIN_SETS = {
         url="https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_train_HR.zip",
         archive="DIV2K_train_HR.zip",
         archive_bytes=3_530_603_713,
-        sha256="9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335",
+        checksum="sha256:9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335",
         member_dir="DIV2K_train_HR",
         names=tuple(f"{i:04d}.png" for i in range(1, 801)),
         folder="DIV2K",
@@ -99,8 +122,12 @@ TRAIN_SETS = {
         title="Flickr2K",
         url="https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar",
         archive="Flickr2K.tar",
+        # Its authors publish neither a size nor a SHA256 of this tar (HR and LR folders); the
+        # MD5 is the one torchsr pins for the same URL, the only checksum of it we could find.
+        # A SHA256 is not invented here: the MD5 (weak against a forger, not against a broken
+        # or swapped download) is what can be checked.
         archive_bytes=None,
-        sha256=None,
+        checksum="md5:5d3f39443d5e9489bff8963f8f26cb03",
         member_dir="Flickr2K_HR",
         names=tuple(f"{i:06d}.png" for i in range(1, 2651)),
         folder="Flickr2K",
@@ -111,7 +138,7 @@ TRAIN_SETS = {
         url="https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_valid_HR.zip",
         archive="DIV2K_valid_HR.zip",
         archive_bytes=448_993_893,
-        sha256="20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc",
+        checksum="sha256:20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc",
         member_dir="DIV2K_valid_HR",
         names=tuple(f"{i:04d}.png" for i in range(801, 901)),
         folder="DIV2K_valid",
@@ -126,13 +153,18 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n:,.0f} bytes"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA256 (hex) of a file, read in chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """The hash (hex) of a file, read in chunks: ``sha256``, ``md5`` or any of hashlib's."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA256 (hex) of a file, read in chunks."""
+    return file_digest(path, "sha256", chunk)
 
 
 def _fetch_once(url: str, part: Path, timeout: float, report: Report) -> int | None:
@@ -209,7 +241,7 @@ def download_file(
                 ) from err
             saved = part.stat().st_size if part.exists() else 0
             if attempt == retries:
-                raise DownloadError(
+                raise TransferError(
                     f"{url}: download interrupted ({err}); {saved:,} bytes kept in {part}: "
                     "run the same command again to resume"
                 ) from err
@@ -227,18 +259,24 @@ def download_file(
 
 
 def check_archive(spec: TrainSet, path: Path, delete_bad: bool = False) -> str:
-    """Check an archive's size and SHA256 against the published ones; what was checked.
+    """Check an archive's size and checksum against the pinned ones; what was checked.
 
-    On a mismatch raises :class:`DownloadError` naming the file (deleting it if ``delete_bad``).
+    On a mismatch raises :class:`DownloadError` naming the file and the hash algorithm
+    (deleting the file if ``delete_bad``).
     """
-    if spec.archive_bytes is None and spec.sha256 is None:
-        return "no published checksum; checked by image names, count and decoding"
+    if spec.archive_bytes is None and spec.checksum is None:
+        return "no pinned checksum; checked by image names, count and decoding"
+    algorithm, _, expected = (spec.checksum or "").partition(":")
+    if spec.checksum is not None and (
+        algorithm not in hashlib.algorithms_available or not expected
+    ):
+        raise ValueError(f"{spec.title}: checksum {spec.checksum!r} is not ALGORITHM:HEX")
     size = path.stat().st_size
     problem = None
     if spec.archive_bytes is not None and size != spec.archive_bytes:
         problem = f"{size:,} bytes, the published archive has {spec.archive_bytes:,}"
-    elif spec.sha256 is not None and (digest := sha256_file(path)) != spec.sha256:
-        problem = f"SHA256 {digest} differs from the published {spec.sha256}"
+    elif expected and (digest := file_digest(path, algorithm)) != expected.lower():
+        problem = f"{algorithm.upper()} {digest} differs from the pinned {expected}"
     if problem:
         action = "it was deleted: run the command again to download it anew"
         if delete_bad:
@@ -246,29 +284,72 @@ def check_archive(spec: TrainSet, path: Path, delete_bad: bool = False) -> str:
         else:
             action = "replace it with a good copy"
         raise DownloadError(f"{path}: {problem}; {action}")
-    return "archive SHA256 matches the published one"
+    if not expected:
+        return "size matches the published one"
+    return f"archive {algorithm.upper()} matches the pinned one"
 
 
-def _members(spec: TrainSet, archive: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
-    """(image name, opener) for each expected HR image in a zip or tar archive, in archive order."""
+def _compression(archive: Path) -> str | None:
+    """The compression of a compressed tar (by its first bytes), None for anything else."""
+    with open(archive, "rb") as f:
+        head = f.read(8)
+    return next((kind for magic, kind in _COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def _members(spec: TrainSet, archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]]:
+    """(image name, declared size, opener) for each expected HR image in a zip or an
+    uncompressed tar, in archive order. Raises :class:`DownloadError` for a compressed tar, an
+    image member that is not a plain file (a link, a device, a sparse file), one that appears
+    twice or one whose declared size is over the cap."""
     wanted = set(spec.names)
+    seen: set[str] = set()
 
-    def keep(member_path: str) -> str | None:
+    def keep(member_path: str, plain: bool, size: int) -> str | None:
         parts = member_path.replace("\\", "/").strip("/").split("/")
-        if len(parts) >= 2 and parts[-2] == spec.member_dir and parts[-1] in wanted:
-            return parts[-1]
-        return None
+        if len(parts) < 2 or parts[-2] != spec.member_dir or parts[-1] not in wanted:
+            return None
+        problem = None
+        if not plain:
+            problem = "is not a plain file (a link, device or sparse member)"
+        elif parts[-1] in seen:
+            problem = "appears twice"
+        elif size > spec.max_member_bytes:
+            problem = f"declares {_mb(size)}, over the cap of {_mb(spec.max_member_bytes)}"
+        if problem:
+            raise DownloadError(f"{archive}: member {member_path} {problem}: not a sound archive")
+        seen.add(parts[-1])
+        return parts[-1]
 
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                if not info.is_dir() and (name := keep(info.filename)):
-                    yield name, lambda info=info: zf.open(info)
+                link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                if not info.is_dir() and (name := keep(info.filename, not link, info.file_size)):
+                    yield name, info.file_size, lambda info=info: zf.open(info)
         return
-    with tarfile.open(archive, "r:*") as tf:
+    kind = _compression(archive)
+    if kind:
+        raise DownloadError(
+            f"{archive}: a {kind}-compressed tar; only an uncompressed .tar (as published) is "
+            "opened: use the original archive"
+        )
+    with tarfile.open(archive, "r:") as tf:
         for member in tf:
-            if member.isfile() and (name := keep(member.name)):
-                yield name, lambda member=member: tf.extractfile(member)
+            plain = member.isreg() and not member.issparse()
+            if name := keep(member.name, plain, member.size):
+                yield name, member.size, lambda member=member: tf.extractfile(member)
+
+
+def _copy_capped(src: IO[bytes], out: IO[bytes], cap: int, what: str) -> int:
+    """Copy at most ``cap`` bytes; beyond, DownloadError(``what``): an archive lying about its
+    sizes, or a bomb."""
+    done = 0
+    while block := src.read(_MIB):
+        done += len(block)
+        if done > cap:
+            raise DownloadError(f"{what}: not a sound archive")
+        out.write(block)
+    return done
 
 
 def check_train_folder(spec: TrainSet, folder: Path, threads: int | None = None) -> int:
@@ -302,13 +383,26 @@ def _few(names: list[str], k: int = 3) -> str:
 
 def _extract(spec: TrainSet, archive: Path, dest: Path, threads: int | None, report: Report) -> int:
     report(f"  extracting {spec.title} HR images from {archive.name}")
+    remove_leftovers(dest.parent)
     with atomic_path(dest) as tmp:
         tmp.mkdir()
+        total = 0
         try:
-            for name, open_member in _members(spec, archive):
+            for name, _, open_member in _members(spec, archive):
                 with open_member() as src, open(tmp / name, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+                    left = spec.total_cap - total
+                    if left < spec.max_member_bytes:
+                        cap = left
+                        what = (
+                            f"the images together (at {name}) expand beyond {_mb(spec.total_cap)}"
+                        )
+                    else:
+                        cap = spec.max_member_bytes
+                        what = f"member {name} expands beyond {_mb(cap)}"
+                    total += _copy_capped(src, out, cap, f"{archive}: {what}")
+        except DownloadError:
+            raise
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError) as err:
             raise DownloadError(
                 f"{archive}: extraction failed ({err}): check the archive (or replace it) and "
                 "the free disk space, then run the command again"
@@ -373,7 +467,7 @@ def install_train_set(
             with atomic_path(dest) as link:
                 link.symlink_to(found, target_is_directory=True)
             return dest, count, f"linked to {found}, checked"
-        how = check_archive(spec, found)
+        how = check_archive(spec, found)  # the user's copy: checked, never deleted
         return dest, _extract(spec, found, dest, threads, report), f"from {found}; {how}"
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -391,7 +485,13 @@ def install_train_set(
         report(f"  downloading {spec.url}")
         download_file(spec.url, archive, spec.archive_bytes, retries=retries, report=report)
     how = check_archive(spec, archive, delete_bad=True)
-    count = _extract(spec, archive, dest, threads, report)
+    try:
+        count = _extract(spec, archive, dest, threads, report)
+    except DownloadError as err:
+        archive.unlink(missing_ok=True)  # ours: the next run downloads it afresh
+        raise DownloadError(
+            f"{err}; the downloaded archive was deleted: run the command again to download it anew"
+        ) from err
     if not keep_archive:
         archive.unlink()
     return dest, count, f"downloaded; {how}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from kxnet.errors import ImageReadError
@@ -27,6 +27,7 @@ __all__ = [
     "ARRAY_SUFFIX",
     "CHECKS",
     "ImageInfo",
+    "exif_orientation",
     "read_image",
     "decode_image",
     "to_float",
@@ -40,12 +41,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIX = ".npy"
 CHECKS = ("header", "verify", "decode")
 _ORIENTATION = 0x0112
+# What decoding a malformed file raises (Pillow's plug-ins raise more than OSError).
 _READ_ERRORS = (
     UnidentifiedImageError,
     OSError,
     SyntaxError,
     ValueError,
     EOFError,
+    ArithmeticError,
+    TypeError,
+    KeyError,
+    IndexError,
     Image.DecompressionBombError,
 )
 
@@ -75,6 +81,18 @@ def _is_deep_colour(img: Image.Image) -> bool:
     if img.format == "PNG":
         return raw.startswith(("RGB;16", "RGBA;16"))
     return img.format == "TIFF" and raw.startswith("RGB;16")
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF Orientation of an open image: 1 (as stored) unless the tag is an integer in
+    1…8. A file can hold anything there (+inf, NaN, text, 70000): all of it means "as stored"."""
+    try:
+        value = img.getexif().get(_ORIENTATION, 1)
+    except _READ_ERRORS:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return 1
+    return int(value) if 1 <= value <= 8 else 1
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -153,8 +171,9 @@ def decode_image(path: str | os.PathLike) -> Tensor:
     try:
         with Image.open(path) as img:
             raw = _rawmode(img)
-            if _is_deep_colour(img):
-                orientation = int(img.getexif().get(_ORIENTATION, 1))
+            deep = _is_deep_colour(img)  # before the EXIF, whose reading may decode a PNG
+            orientation = exif_orientation(img)
+            if deep:
                 try:
                     arr = _decode_deep_colour(path, orientation)
                 except (ValueError, OSError, RuntimeError):
@@ -162,7 +181,7 @@ def decode_image(path: str | os.PathLike) -> Tensor:
                 if arr is not None:
                     return _to_tensor(path, arr)
             img.load()
-            arr = _pillow_to_rgb(ImageOps.exif_transpose(img), raw)
+            arr = _orient(_pillow_to_rgb(img, raw), orientation)
     except _READ_ERRORS as err:
         raise ImageReadError(path, f"not a readable image ({err})") from err
     return _to_tensor(path, arr)

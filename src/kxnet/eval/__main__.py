@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from kxnet.config import config_path
+from kxnet.config import command
 from kxnet.eval.driver import run
 
 
-@hydra.main(config_path=config_path("eval"), config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _evaluate(cfg: DictConfig) -> None:
     status = run(cfg, HydraConfig.get().overrides.task)
     if status:
         sys.exit(status)
+
+
+main = command("eval", _evaluate)
 
 
 if __name__ == "__main__":

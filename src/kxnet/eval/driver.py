@@ -30,18 +30,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kxnet.atomic import atomic_path
+from kxnet.atomic import SHARED_AGE_S, atomic_path, remove_leftovers
 from kxnet.checkpoint import CONFIG_KEYS, load_model
 from kxnet.checks import (
     asked_properties,
     check_benchmarks,
     check_device,
+    check_scale_setting,
     check_writable,
     positive_int,
 )
 from kxnet.config import resolve_path
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
-from kxnet.errors import EvalError, KXNetError, report_error
+from kxnet.errors import USER_ERRORS, EvalError, report_error
 from kxnet.eval import report
 from kxnet.eval.evaluation import (
     PRECISIONS,
@@ -344,14 +345,18 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Check everything that can be checked, evaluate, write the tables; the exit status."""
     console = Console(stderr=True)
     try:
+        check_scale_setting(cfg.scale, cfg.setting.name)
         plan = EvalPlan.from_config(cfg)
         options, device = plan.options, plan.device
         model = build_model(cfg, overrides, device)
         if options.true_kernel:
             check_true_kernel(model, model.setting, model.scale)
         output_dir = check_writable(resolve_path(cfg.paths.output_dir), "paths.output_dir")
+        remove_leftovers(output_dir)
+        # The benchmark cache may be shared with runs on other machines: only old leftovers.
+        remove_leftovers(plan.cache_dir, recursive=True, min_age_s=SHARED_AGE_S)
         sets = plan.sets(model)
-    except KXNetError as err:
+    except USER_ERRORS as err:
         return report_error(err)
     method = options.method or method_name(model, options.true_kernel)
     console.print(

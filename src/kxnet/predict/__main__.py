@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from kxnet.config import config_path
+from kxnet.config import command
 from kxnet.predict.prediction import run
 
 
-@hydra.main(version_base="1.3", config_path=config_path("predict"), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def _predict(cfg: DictConfig) -> None:
     sys.exit(run(cfg, HydraConfig.get().overrides.task))
+
+
+main = command("predict", _predict)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,18 @@ scaled to its maximum and enlarged, for looking, titled), and with ``save_stages
 ``NAME_stages/`` holding ``x_00.png`` … ``x_T.png``, ``k_00.png`` …, ``kernels.png`` (every
 stage's kernel side by side, numbered) and ``kernels.npy`` ((T+1)×p×p). Every file
 of an image is written under a temporary name and renamed when all of them are complete.
+
+Nothing in the output folder is ever replaced or removed: the output names of the whole run are
+planned before anything is written (:func:`output_names`), unique among themselves and against
+what the folder holds, compared without regard to case; an image whose name is taken gets
+``NAME_2`` (``NAME_3``, …), noted in the summary. The inputs may not lie in the output folder
+(nor be links from it). An image larger than ``max_pixels`` is refused from its header, before
+it is decoded.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import warnings
@@ -35,11 +43,17 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from torch import Tensor
 
-from kxnet.atomic import AtomicFiles
+from kxnet.atomic import AtomicFiles, remove_leftovers
 from kxnet.checkpoint import load_model
-from kxnet.checks import asked_properties, check_device, check_writable
-from kxnet.data.images import IMAGE_SUFFIXES, decode_image, list_images, to_float
-from kxnet.errors import ImageReadError, KXNetError, PredictError, report_error
+from kxnet.checks import asked_properties, check_device, check_scale_setting, check_writable
+from kxnet.data.images import (
+    IMAGE_SUFFIXES,
+    decode_image,
+    exif_orientation,
+    list_images,
+    to_float,
+)
+from kxnet.errors import USER_ERRORS, ImageReadError, PredictError, report_error
 from kxnet.nn.kxnet import KXNet
 from kxnet.pictures import kernel_strip, text_band
 from kxnet.predict.png import PngStreamWriter
@@ -62,10 +76,13 @@ __all__ = [
     "predict_image",
     "predict_images",
     "summary",
+    "MAX_TILE",
 ]
 
 _KERNEL_PNG_SIZE = 256
-_ORIENTATION = 0x0112
+# The largest tile.size and kernel_crop: the network's memory grows with their square (about
+# 2 GB of activations per 1024² LR pixels at x4), while the image size costs only strips.
+MAX_TILE = 4096
 
 
 @dataclass(frozen=True)
@@ -76,12 +93,15 @@ class PredictOptions:
     overlap: LR pixels of context around each tile; None: the receptive radius (exact seams).
     kernel_crop: the side of the central LR crop on which the kernel is estimated.
     save_stages: also write every stage's image and kernel.
+    max_pixels: the largest LR image (width × height; T+1 times that with save_stages, whose
+        output strips are kept per stage) accepted; larger ones are refused from their header.
     """
 
     tile_size: int = 1024
     overlap: int | None = None
     kernel_crop: int = 1024
     save_stages: bool = False
+    max_pixels: int = 64_000_000
 
     def resolved_overlap(self, model: KXNet) -> int:
         if self.overlap is not None:
@@ -92,6 +112,16 @@ class PredictOptions:
         """Raise :class:`PredictError` unless the options fit the model."""
         smallest = min_input_size(model.scale, model.kernel_size, model.num_stages)
         overlap = self.resolved_overlap(model)
+        for key, value in (("tile.size", self.tile_size), ("kernel_crop", self.kernel_crop)):
+            if value > MAX_TILE:
+                raise PredictError(
+                    f"{key}={value} is more than {MAX_TILE} LR pixels: the network's memory "
+                    f"grows with its square (any image size fits in tiles); use at most {MAX_TILE}"
+                )
+        if self.max_pixels < 1:
+            raise PredictError(
+                f"max_pixels={self.max_pixels} must be a positive number of LR pixels"
+            )
         if overlap < 0:
             raise PredictError(f"tile.overlap={overlap} must be >= 0 (or auto)")
         if self.kernel_crop < smallest:
@@ -143,42 +173,62 @@ def find_inputs(path: Path) -> list[Path]:
     return [path]
 
 
-def output_names(inputs: Sequence[Path]) -> dict[Path, str]:
-    """The output stem of each input: its own stem, or ``stem_ext`` where several share one."""
-    stems: dict[str, int] = {}
-    for path in inputs:
-        stems[path.stem] = stems.get(path.stem, 0) + 1
-    return {
-        p: p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
-        for p in inputs
-    }
-
-
-def _planned_outputs(stem: str, output_dir: Path, save_stages: bool) -> list[Path]:
+def _outputs(stem: str, save_stages: bool) -> list[str]:
+    """The names an image of output stem ``stem`` produces in the output folder."""
     names = [f"{stem}.png", f"{stem}_kernel.npy", f"{stem}_kernel.png"]
-    if save_stages:
-        names.append(f"{stem}_stages")
-    return [output_dir / n for n in names]
+    return [*names, f"{stem}_stages"] if save_stages else names
 
 
-def check_output_dir(output_dir: Path, inputs: Sequence[Path], save_stages: bool) -> None:
-    """Refuse an output folder that holds the inputs or whose outputs would replace one.
+def output_names(
+    inputs: Sequence[Path], existing: Sequence[str] = (), save_stages: bool = False
+) -> dict[Path, str]:
+    """The output stem of each input, planned for the whole run before anything is written.
+
+    An input's own stem, or ``stem_ext`` where several inputs share a stem (without regard to
+    case); then ``_2``, ``_3``, … until none of the names the image produces (the SR image, the
+    kernel files, the stages folder) is one that an earlier input produces or that ``existing``
+    (what the output folder holds) has, compared without regard to case.
+    """
+    shared: dict[str, int] = {}
+    for path in inputs:
+        shared[path.stem.casefold()] = shared.get(path.stem.casefold(), 0) + 1
+    taken = {name.casefold() for name in existing}
+    names: dict[Path, str] = {}
+    for path in inputs:
+        base = path.stem
+        if shared[base.casefold()] > 1:
+            base = f"{base}_{path.suffix.lstrip('.').lower()}"
+        stem, n = base, 2
+        while any(name.casefold() in taken for name in _outputs(stem, save_stages)):
+            stem, n = f"{base}_{n}", n + 1
+        taken.update(name.casefold() for name in _outputs(stem, save_stages))
+        names[path] = stem
+    return names
+
+
+def _places(path: Path) -> set[Path]:
+    """Where an input is: its path with links resolved, and its own folder's (the link's)."""
+    link = Path(os.path.abspath(path))
+    return {path.resolve(), link.parent.resolve() / link.name}
+
+
+def check_output_dir(output_dir: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that holds an input, or a link to one, at any depth.
 
     Creates the folder and checks that it is writable, so that nothing is computed in vain.
     """
     output_dir = output_dir.resolve()
-    sources = {p.resolve() for p in inputs}
-    if output_dir in {p.parent for p in sources}:
-        raise PredictError(
-            f"output={output_dir} is the folder of the input images: choose another output "
-            "folder, so that no input can be overwritten"
-        )
-    for stem in output_names(inputs).values():
-        for target in _planned_outputs(stem, output_dir, save_stages):
-            clash = [s for s in sources if s == target or target in s.parents]
-            if clash:
+    for source in inputs:
+        for place in _places(source):
+            if place.parent == output_dir:
                 raise PredictError(
-                    f"output {target} would replace the input {clash[0]}: choose another output"
+                    f"output={output_dir} is the folder of the input images ({place}): choose "
+                    "another output folder, so that no input can be overwritten"
+                )
+            if output_dir in place.parents:
+                raise PredictError(
+                    f"input {place} lies inside output={output_dir}: choose an output folder "
+                    "that holds no input"
                 )
     check_writable(output_dir, "output")
 
@@ -196,9 +246,39 @@ def _notes(path: Path) -> list[str]:
             notes.append("alpha channel dropped")
         if img.mode == "P":
             notes.append("palette expanded")
-        if int(img.getexif().get(_ORIENTATION, 1)) not in (0, 1):
+        if exif_orientation(img) != 1:
             notes.append("EXIF orientation applied")
     return notes
+
+
+def _check_size(path: Path, options: PredictOptions, images: int) -> None:
+    """ImageReadError if the image, from its header, is over ``max_pixels`` (``images`` output
+    images per pixel: T+1 with save_stages)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        width = height = None  # over Pillow's own limit (about 179 million pixels)
+    except (OSError, ValueError, SyntaxError):
+        return  # decoding says what is wrong with the file
+    if width is None:
+        raise ImageReadError(
+            path,
+            f"more than {2 * Image.MAX_IMAGE_PIXELS} LR pixels, beyond what is decoded at all "
+            f"(max_pixels={options.max_pixels}): crop or split the image",
+        )
+    pixels = width * height * images
+    if pixels > options.max_pixels:
+        counted = f" × {images} images (save_stages)" if images > 1 else ""
+        raise ImageReadError(
+            path,
+            f"{width}×{height} LR pixels{counted} is more than max_pixels="
+            f"{options.max_pixels}: raise max_pixels (the memory of the decoded image and of "
+            "the output strips grows with it)"
+            + (", or set save_stages=false" if images > 1 else ", or crop the image"),
+        )
 
 
 def _read(path: Path) -> tuple[Tensor, int, list[str]]:
@@ -330,6 +410,7 @@ def predict_image(
     """
     start = time.perf_counter()
     device = next(iter(model.parameters()), model.k0).device
+    _check_size(path, options, model.num_stages + 1 if options.save_stages else 1)
     lr, bit_depth, notes = _read(path)
     height, width = lr.shape[-2:]
     smallest = min_input_size(model.scale, model.kernel_size, model.num_stages)
@@ -338,7 +419,8 @@ def predict_image(
         notes.append(f"edge-padded from {height}×{width} to {smallest}×{smallest}, cropped back")
     tiles = plan_tiles(*lr.shape[-2:], options.tile_size, options.resolved_overlap(model))
     count = sum(len(row) for row in tiles)
-    with torch.inference_mode(), AtomicFiles(output_dir) as outputs, ExitStack() as files:
+    outputs = AtomicFiles(output_dir, replace=False)
+    with torch.inference_mode(), outputs, ExitStack() as files:
         crop = to_float(central_crop(lr, options.kernel_crop)).to(device)
         estimate = model(crop)
         stage_kernels = estimate.kernels
@@ -385,7 +467,14 @@ def _reason(err: BaseException) -> str:
         return err.reason
     if isinstance(err, torch.OutOfMemoryError):
         return "out of memory: lower tile.size (and kernel_crop)"
-    return " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, FileExistsError):
+        return (
+            f"{err.filename} appeared in the output folder during the run and was not replaced; "
+            "nothing of this image was written: run it again"
+        )
+    text = " ".join(str(err).split())
+    known = isinstance(err, RuntimeError | ValueError | OSError)
+    return text if known and text else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
 def predict_images(
@@ -397,10 +486,12 @@ def predict_images(
 ) -> tuple[list[ImageResult], list[Failure]]:
     """Restore every input into ``output_dir`` (created); a failing input is reported, skipped.
 
-    A progress bar shows the images (and the tiles of a tiled image) on ``console``.
+    Nothing already in ``output_dir`` is replaced: the names are planned against what it holds
+    (:func:`output_names`). A progress bar shows the images (and the tiles of a tiled image) on
+    ``console``.
     """
-    names = output_names(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
+    names = output_names(inputs, os.listdir(output_dir), options.save_stages)
     results: list[ImageResult] = []
     failures: list[Failure] = []
     columns = (*Progress.get_default_columns(), TextColumn("{task.fields[name]}"))
@@ -414,16 +505,19 @@ def predict_images(
         for path in inputs:
             bar.update(images, name=path.name)
             try:
-                results.append(
-                    predict_image(model, path, output_dir, names[path], options, on_tile)
-                )
-            except (ImageReadError, RuntimeError, ValueError, OSError) as err:
+                result = predict_image(model, path, output_dir, names[path], options, on_tile)
+            except Exception as err:  # one image's failure never stops the run
+                result = None
                 failures.append(Failure(path, _reason(err)))
                 bar.console.print(
                     f"skipped {path}: {failures[-1].reason}", markup=False, soft_wrap=True
                 )
                 if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
+            if result is not None:
+                if names[path] != path.stem:
+                    result.notes.insert(0, f"outputs named {names[path]} (name shared or taken)")
+                results.append(result)
             bar.update(tiles, visible=False)
             bar.advance(images)
     return results, failures
@@ -464,14 +558,18 @@ def _options(cfg: DictConfig) -> PredictOptions:
     overlap = cfg.tile.overlap
     if overlap != "auto" and not isinstance(overlap, int):
         raise PredictError(f"tile.overlap={overlap} must be a number of LR pixels or auto")
-    for key, value in (("tile.size", cfg.tile.size), ("kernel_crop", cfg.kernel_crop)):
-        if not isinstance(value, int) or value < 1:
+    limits = (("tile.size", cfg.tile.size), ("kernel_crop", cfg.kernel_crop))
+    for key, value in (*limits, ("max_pixels", cfg.max_pixels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PredictError(f"{key}={value} must be a positive number of LR pixels")
+    if not isinstance(cfg.save_stages, bool):
+        raise PredictError(f"save_stages={cfg.save_stages} must be true or false")
     return PredictOptions(
         tile_size=cfg.tile.size,
         overlap=None if overlap == "auto" else overlap,
         kernel_crop=cfg.kernel_crop,
-        save_stages=bool(cfg.save_stages),
+        save_stages=cfg.save_stages,
+        max_pixels=cfg.max_pixels,
     )
 
 
@@ -479,15 +577,17 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Check everything that can be checked, then restore each input; returns the exit status."""
     console = Console(stderr=True)
     try:
+        check_scale_setting(cfg.scale, cfg.setting.name)
         device = check_device(str(cfg.device), "device")
-        model = _model(cfg, overrides, device)
         options = _options(cfg)
-        options.check(model)
         inputs = find_inputs(Path(str(cfg.input)).expanduser().absolute())
+        model = _model(cfg, overrides, device)
+        options.check(model)
         output_dir = Path(str(cfg.output)).expanduser().absolute()
-        check_output_dir(output_dir, inputs, options.save_stages)
-    except KXNetError as err:
+        check_output_dir(output_dir, inputs)
+    except USER_ERRORS as err:
         return report_error(err)
+    remove_leftovers(output_dir)
     console.print(
         f"Restoring {len(inputs)} image(s) at x{model.scale} with {model.num_stages} stages "
         f"on {device}",

@@ -6,24 +6,16 @@
     python -m kxnet.train ckpt_path=…/checkpoints/last.ckpt  # resume exactly
 
 A run that cannot succeed (missing or unreadable data, inconsistent sizes, a checkpoint of
-another model, an output folder that cannot be written) stops before training with one line
-saying why and exit status 2 (``HYDRA_FULL_ERROR=1`` shows the traceback).
+another model, an output folder that cannot be written, a mistyped option) stops before training
+with one line saying why and exit status 2 (``HYDRA_FULL_ERROR=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-from kxnet.config import config_path
-from kxnet.errors import one_line_errors
+from kxnet.config import command
 from kxnet.train.run import train
 
-
-@hydra.main(version_base="1.3", config_path=config_path("train"), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    with one_line_errors():
-        return train(cfg)
+main = command("train", train)
 
 
 if __name__ == "__main__":

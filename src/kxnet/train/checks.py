@@ -21,6 +21,7 @@ from kxnet.checkpoint import CONFIG_KEYS, OPTIONS, lightning_net_config, read_ch
 from kxnet.checks import (
     check_benchmarks,
     check_device,
+    check_devices,
     check_model,
     check_scale_setting,
     check_writable,
@@ -62,7 +63,10 @@ def check_resume(
             f"{option}={path} is not a training checkpoint (no optimiser and loop states; "
             "exported weights cannot resume a run): pass <run folder>/checkpoints/last.ckpt"
         )
-    saved = lightning_net_config(ckpt)
+    try:
+        saved = lightning_net_config(ckpt, path)
+    except CheckpointError as err:
+        raise StartupError(f"{option}={err}") from err
     if saved is None:
         raise StartupError(
             f"{option}={path} has no hyper_parameters['net']: it was not saved by "
@@ -153,6 +157,9 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
                 "too, or leave model.net.kernel_size to follow the setting"
             )
         positive_int(_value(cfg, "data.batch_size", "data.batch_size"), "data.batch_size")
+    devices = _value(cfg, "trainer.devices", "trainer.devices")
+    if devices is not None:
+        check_devices(devices)
     check_writable(_value(cfg, "paths.output_dir", "paths.output_dir"), "paths.output_dir")
     for option, folder in _checkpoint_dirs(cfg) if training else []:
         check_writable(folder, option)

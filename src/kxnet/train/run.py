@@ -7,17 +7,23 @@ or a notebook calls with one of its own).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from kxnet import hardware
-from kxnet.checkpoint import read_checkpoint, save_weights
+from kxnet.atomic import SHARED_AGE_S, remove_leftovers
+from kxnet.checkpoint import read_checkpoint, safe_loading, save_weights
+from kxnet.config import resolve_path
+from kxnet.errors import StartupError
 from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
 from kxnet.train.callbacks import RankSeed
@@ -42,7 +48,9 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def _command_line() -> list[str]:
     """The overrides given on the command line (none outside a Hydra run)."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
 
 
 def _precision_note(trainer: pl.Trainer) -> str:
@@ -54,6 +62,65 @@ def _precision_note(trainer: pl.Trainer) -> str:
     return f"{hardware.cpu_name()}, {native}"
 
 
+# The variables by which a launcher (Lightning's, torchrun, SLURM) tells a process its rank.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def _first_process() -> bool:
+    """Whether this is the run's first process (rank 0 of node 0), before the Trainer knows."""
+    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
+
+
+def _remove_leftovers(cfg: DictConfig) -> None:
+    """Remove the temporary files that killed runs left in the folders this run writes: the
+    checkpoints, the run folder (weights), its evaluation and the benchmark cache."""
+    out = Path(cfg.paths.output_dir)
+    folders = [out, out / "eval", out / "eval" / "bicubic", out / "eval" / "pictures"]
+    callbacks = cfg.get("callbacks") or {}
+    folders += [Path(e.dirpath) for e in callbacks.values() if e and e.get("dirpath")]
+    for folder in folders:
+        remove_leftovers(folder)
+    # The benchmark cache may be shared with runs on other machines: only old leftovers.
+    remove_leftovers(resolve_path(cfg.paths.cache_dir), recursive=True, min_age_s=SHARED_AGE_S)
+
+
+def _trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
+    """The configured Trainer; a set of trainer options Lightning refuses is a StartupError."""
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, MisconfigurationException | ValueError | TypeError):
+            raise
+        message = " ".join(str(cause).split())
+        raise StartupError(
+            f"trainer: {message}: check the trainer options (trainer.devices, "
+            "trainer.accelerator, trainer.strategy, …)"
+        ) from err
+
+
+def _own_best(trainer: pl.Trainer) -> str:
+    """The best checkpoint if it lies in this run's checkpoints folder, else "".
+
+    A resumed run inherits the best path recorded in the checkpoint it resumed, which names any
+    file (a crafted checkpoint can name one): only a file this run's checkpoint callback writes
+    is loaded."""
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback else ""
+    if not best:
+        return ""
+    folder = Path(callback.dirpath or "").resolve()
+    if callback.dirpath and folder in Path(best).resolve().parents:
+        return best
+    log.warning(
+        "the best checkpoint on record, %s, is not in this run's %s (a resumed run's record): "
+        "the final weights are tested and exported instead",
+        best,
+        folder,
+    )
+    return ""
+
+
 def train(cfg: DictConfig) -> float | None:
     """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
     paper reports, or the best on validation), export its weights and (with ``cfg.eval``)
@@ -63,6 +130,8 @@ def train(cfg: DictConfig) -> float | None:
     """
     overrides = _command_line()
     check_train(cfg, overrides)
+    if _first_process():
+        _remove_leftovers(cfg)
     evaluation = EvalPlan.from_config(cfg) if cfg.get("eval") else None
     datamodule = instantiate(cfg.data, _convert_="all")
     pl.seed_everything(cfg.seed, workers=True)
@@ -71,7 +140,7 @@ def train(cfg: DictConfig) -> float | None:
     loggers = _instantiate_all(cfg.get("logger"))
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         log.info("W&B mode: %s", default_wandb_mode())
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = _trainer(cfg, callbacks, loggers)
     log.info("precision: %s (%s)", trainer.precision, _precision_note(trainer))
     if cfg.model.net.stages > 0:
         check_training_data(datamodule, trainer.world_size, cfg, overrides)
@@ -82,18 +151,25 @@ def train(cfg: DictConfig) -> float | None:
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
         if module.net.num_stages > 0:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            with safe_loading():
+                trainer.fit(
+                    module,
+                    datamodule=datamodule,
+                    ckpt_path=cfg.get("ckpt_path"),
+                    weights_only=True,
+                )
         else:
             log.info(
                 "model.net.stages=0 is the bicubic initialisation: nothing to train, testing only"
             )
         metrics = dict(trainer.callback_metrics)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = _own_best(trainer)
         exported = best if cfg.get("export") == "best" and best else None
         if exported:
             module.load_state_dict(read_checkpoint(Path(exported))["state_dict"])
         if cfg.get("test"):
-            trainer.test(module, datamodule=datamodule)
+            with safe_loading():
+                trainer.test(module, datamodule=datamodule, weights_only=True)
             metrics.update(trainer.callback_metrics)
         if trainer.is_global_zero:
             weights = Path(cfg.paths.output_dir) / WEIGHTS_FILE

@@ -1,0 +1,122 @@
+"""kxnet.atomic: files written whole or not at all, never over what is there when asked not to,
+and the leftovers of killed writers removed (only theirs)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from kxnet import atomic
+from kxnet.atomic import AtomicFiles, remove_leftovers, temporary_name
+
+
+def dead_pid() -> int:
+    """A process id that no running process has (as a SIGKILLed run's)."""
+    pid = 4_194_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            pass
+        pid += 1
+
+
+def leftover(folder, name: str, pid: int, folder_too: bool = False):
+    """A temporary file (or folder) named as ``temporary_name`` names them, of writer ``pid``."""
+    path = folder / f".{name}.{pid}-0123abcd{atomic.PARTIAL_SUFFIX}"
+    if folder_too:
+        path.mkdir()
+        (path / "x_00.png").write_bytes(b"half")
+    else:
+        path.write_bytes(b"half a file")
+    return path
+
+
+def test_temporary_names_are_unique_and_carry_the_writer(tmp_path):
+    names = {temporary_name(tmp_path / "a.png") for _ in range(100)}
+    assert len(names) == 100
+    assert all(f".a.png.{os.getpid()}-" in n.name for n in names)
+    assert all(atomic._TEMPORARY.match(n.name) for n in names)
+
+
+def test_only_the_leftovers_of_dead_writers_are_removed(tmp_path):
+    dead = dead_pid()
+    gone = [leftover(tmp_path, "a.png", dead), leftover(tmp_path, "b_stages", dead, True)]
+    kept = [
+        leftover(tmp_path, "c.png", os.getpid()),  # this process is writing it
+        leftover(tmp_path, "d.png", os.getppid()),  # another live process is
+        tmp_path / ".e.png.partial",  # a name kxnet does not make
+        tmp_path / f".f.png.{dead}.partial",
+        tmp_path / f"g.png.{dead}-0123abcd.partial",
+        tmp_path / "notes.txt",
+    ]
+    for path in kept[2:]:
+        path.write_text("the user's")
+    link = tmp_path / f".h.png.{dead}-0123abcd.partial"
+    link.symlink_to(tmp_path / "notes.txt")  # kxnet never makes links: not its own
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    nested = leftover(sub, "i.png", dead)
+    assert sorted(remove_leftovers(tmp_path)) == sorted(gone)
+    assert all(not p.exists() for p in gone) and all(p.exists() for p in kept)
+    assert link.is_symlink() and nested.exists()
+    assert remove_leftovers(tmp_path, recursive=True) == [nested]
+    assert remove_leftovers(tmp_path / "nowhere") == []
+
+
+def test_leftovers_of_a_shared_folder_must_also_be_old(tmp_path):
+    recent = leftover(tmp_path, "a.png", dead_pid())
+    assert remove_leftovers(tmp_path, min_age_s=600) == []
+    old = time.time() - 3600
+    os.utime(recent, (old, old))
+    assert remove_leftovers(tmp_path, min_age_s=600) == [recent]
+
+
+def test_files_that_may_not_replace_anything_all_appear_or_none(tmp_path):
+    (tmp_path / "b.txt").write_text("the user's")
+    files = AtomicFiles(tmp_path, replace=False)
+    files.write("a.txt", "new a")
+    files.write("b.txt", "new b")
+    files.path("c_stages").mkdir()
+    with pytest.raises(FileExistsError):
+        files.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
+    assert (tmp_path / "b.txt").read_text() == "the user's"
+    (tmp_path / "d_stages").mkdir()
+    (tmp_path / "d_stages" / "mine.txt").write_text("kept")
+    with pytest.raises(FileExistsError), AtomicFiles(tmp_path, replace=False) as files:
+        files.write("e.txt", "new e")
+        (files.path("d_stages") / "x").mkdir(parents=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt", "d_stages"]
+    assert [p.name for p in (tmp_path / "d_stages").iterdir()] == ["mine.txt"]
+    with AtomicFiles(tmp_path, replace=False) as files:
+        files.write("f.txt", "f")
+    assert (tmp_path / "f.txt").read_text() == "f"
+    with AtomicFiles(tmp_path) as files:  # replace=True: a rerun's files replace its own
+        files.write("f.txt", "f again")
+    assert (tmp_path / "f.txt").read_text() == "f again"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_name_taken_while_writing_is_not_replaced(tmp_path, monkeypatch):
+    files = AtomicFiles(tmp_path, replace=False)
+    files.write("a.txt", "mine")
+    (tmp_path / "a.txt").write_text("appeared meanwhile")
+    with pytest.raises(FileExistsError):
+        files.commit()
+    assert (tmp_path / "a.txt").read_text() == "appeared meanwhile"
+    # Without hard links (some file systems), the check before the rename still holds.
+    monkeypatch.setattr(atomic.os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no")))
+    files = AtomicFiles(tmp_path, replace=False)
+    files.write("a.txt", "mine")
+    files.write("b.txt", "b")
+    with pytest.raises(FileExistsError):
+        files.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    files = AtomicFiles(tmp_path, replace=False)
+    files.write("b.txt", "b")
+    assert files.commit() == [tmp_path / "b.txt"] and (tmp_path / "b.txt").read_text() == "b"
