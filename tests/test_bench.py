@@ -49,7 +49,8 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     assert report["matmul_peak_flops_per_s"]["float32"] > 0
     phases = ["train", "infer", "synthesis"] + [f"hot_spot/{name}" for name in HOT_SPOTS]
     expected = {f"{phase}/{side}" for phase in phases for side in ("kxnet", "authors")}
-    assert set(report["results"]) == expected | {"train/kxnet_checkpointed"}
+    extra = {"train/kxnet_checkpointed", "synthesis/kxnet_realistic"}
+    assert set(report["results"]) == expected | extra
     for name, result in report["results"].items():
         assert len(result["wall_s"]["all"]) == (1 if name.startswith("hot_spot/") else 2), name
         assert result["cpu_s"]["median"] > 0 and result["first_call_s"] > 0
@@ -65,6 +66,8 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     assert report["results"]["train/kxnet_checkpointed"]["flops"] > train
     assert set(report["targets"]) == set(TARGETS)
     assert report["targets"]["train_time_ratio"]["value"] > 0
+    for synthesis in ("synthesis_fraction_of_step", "realistic_synthesis_fraction_of_step"):
+        assert report["targets"][synthesis]["value"] > 0
 
 
 def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
@@ -81,6 +84,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
         (["phases=[train,bogus]"], "phases must be a non-empty list"),
         (["dtype=float16"], "dtype must be one of"),
         (["infer.image=Set5/missing.png"], "missing.png does not exist"),
+        (["degradations=[paper,bogus]"], "no data/degradation preset 'bogus'"),
     ]:
         done = bench(*overrides)
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
@@ -90,7 +94,11 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert set(report["results"]) == {"synthesis/kxnet", "synthesis/authors"}
+    assert set(report["results"]) == {
+        "synthesis/kxnet",
+        "synthesis/kxnet_realistic",
+        "synthesis/authors",
+    }
     assert report["infer_input"] is None
     assert report["targets"]["synthesis_fraction_of_step"]["value"] is None
 

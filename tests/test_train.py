@@ -74,13 +74,17 @@ def _run(out: Path, bench: list[str], *overrides: str) -> float:
     return train(cfg)
 
 
-def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark):
+@pytest.mark.parametrize("degradation", ["paper", "realistic"])
+def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark, degradation):
     # The first run stops after one epoch; the second resumes from it for the next epoch.
-    whole = _run(tmp_path / "whole", tiny_benchmark, "trainer.max_steps=4")
-    _run(tmp_path / "first", tiny_benchmark, "trainer.max_steps=2", "test=false")
+    mode = f"data/degradation={degradation}"
+    whole = _run(tmp_path / "whole", tiny_benchmark, mode, "trainer.max_steps=4")
+    _run(tmp_path / "first", tiny_benchmark, mode, "trainer.max_steps=2", "test=false")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2
-    resumed = _run(tmp_path / "resumed", tiny_benchmark, "trainer.max_steps=4", f"ckpt_path={last}")
+    resumed = _run(
+        tmp_path / "resumed", tiny_benchmark, mode, "trainer.max_steps=4", f"ckpt_path={last}"
+    )
     assert resumed == whole
     a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt") for r in ("whole", "resumed"))
     assert a["global_step"] == b["global_step"] == 4

@@ -13,7 +13,9 @@ For one configuration (scale, setting, stages, batch, LR patch, device, dtype) i
 - the model FLOPs, the achieved FLOP/s, and the convolutions' FLOP/s as a fraction of the dense
   matrix-multiply peak measured in the same run;
 - the synthesis of a training batch (:class:`kxnet.data.synthesis.Degradation`: random kernels,
-  blur and downsample, noise), and the training loss is :class:`kxnet.loss.StageLoss`;
+  blur and downsample, noise) for each ``data/degradation`` preset of ``degradations`` (the
+  paper's as ``synthesis/kxnet``, the others as ``synthesis/kxnet_<name>``), and the training
+  loss is :class:`kxnet.loss.StageLoss`;
 - the same for the authors' formulation of the operators (:mod:`kxnet.bench.authors`, same
   network and weights, float32, default layout), and each hot-spot operator alone.
 
@@ -26,10 +28,12 @@ import contextlib
 import math
 import platform
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 from unittest import mock
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -37,9 +41,9 @@ from rich.table import Table
 from kxnet import kernels, physics
 from kxnet.bench import authors, measure
 from kxnet.checks import check_device
-from kxnet.config import resolve_path
+from kxnet.config import CONFIG_MODULE, resolve_path
 from kxnet.data.images import read_image
-from kxnet.data.synthesis import Degradation
+from kxnet.data.synthesis import Degradation, paper_degradation
 from kxnet.loss import StageLoss
 from kxnet.nn import KXNet
 
@@ -54,7 +58,12 @@ TARGETS = {
     "train_checkpointed_memory_ratio": ("checkpointed training memory / authors'", "<=", 0.25),
     "infer_time_ratio": ("inference time / authors'", "<=", 0.7),
     "conv_fraction_of_peak": ("convolution FLOP/s / matmul peak", ">=", 0.8),
-    "synthesis_fraction_of_step": ("synthesis time / training step", "<=", 0.05),
+    "synthesis_fraction_of_step": ("synthesis time / training step", "<=", 0.01),
+    "realistic_synthesis_fraction_of_step": (
+        "realistic synthesis time / training step",
+        "<=",
+        0.01,
+    ),
 }
 
 
@@ -74,9 +83,25 @@ def _model(spec: dict[str, Any], device: torch.device) -> KXNet:
 
 
 def _degradation(spec: dict[str, Any]) -> Degradation:
-    return Degradation(
+    """The paper's degradation of the spec's setting and scale."""
+    return paper_degradation(
         spec["setting"], spec["scale"], spec["kernel_size"], spec["sigma_range"], spec["noise_max"]
     )
+
+
+# Where the training config keeps the data/degradation presets.
+PRESETS = ("train", "data", "degradation")
+
+
+def _preset(spec: dict[str, Any]) -> Degradation:
+    """The spec's ``data/degradation`` preset of the training config, built for its setting,
+    scale, kernels and noise."""
+    path = resources.files(CONFIG_MODULE).joinpath(*PRESETS, f"{spec['degradation']}.yaml")
+    preset = OmegaConf.load(path)
+    for key in ("setting", "scale", "kernel_size", "sigma_range", "noise_max"):
+        if key in preset:
+            preset[key] = spec[key]
+    return instantiate(preset, _convert_="all")
 
 
 def _formulation(spec: dict[str, Any]) -> Callable[[], contextlib.AbstractContextManager]:
@@ -140,7 +165,7 @@ def _synthesis_callable(spec: dict[str, Any], device: torch.device) -> Callable[
     hr = torch.rand(spec["batch"], 3, size, size, generator=generator, device=device)
     theirs = spec["formulation"] == "authors"
     blur = authors.full_blur_downsample if theirs else physics.blur_downsample
-    degradation = _degradation(spec)
+    degradation = _degradation(spec) if theirs else _preset(spec)
 
     def synthesise() -> None:
         with torch.no_grad(), mock.patch.object(physics, "blur_downsample", blur):
@@ -171,7 +196,7 @@ def _hot_spot_callable(spec: dict[str, Any], device: torch.device) -> Callable[[
     s, p, b, h = spec["scale"], spec["kernel_size"], spec["batch"], spec["lr_size"]
     x = torch.rand(b, 3, h * s, h * s, generator=generator, device=device)
     r = torch.rand(b, 3, h, h, generator=generator, device=device)
-    k, _ = _degradation(spec).sample_kernels(b, generator, device, torch.float32)
+    k, _ = _degradation(spec).blur.sample_kernels(b, generator, device, torch.float32)
     inputs = {
         "kernel_gradient": (x, r, p, s),
         "blur_downsample": (x, k, s),
@@ -289,6 +314,11 @@ def _check(cfg: DictConfig) -> None:
     for key in ("batch", "lr_size", "repeats"):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    for name in cfg.degradations:
+        if not resources.files(CONFIG_MODULE).joinpath(*PRESETS, f"{name}.yaml").is_file():
+            raise ValueError(
+                f"degradations: no data/degradation preset {name!r} (paper, realistic)"
+            )
     if int(cfg.model.net.stages) < 1:
         raise ValueError(f"model.net.stages must be >= 1 to train, got {cfg.model.net.stages}")
 
@@ -312,6 +342,7 @@ def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict
         "lr_size": int(cfg.lr_size),
         "dtype": str(cfg.dtype),
         "infer_lr": infer_lr,
+        "degradation": "paper",
     }
     ours = common | {
         "formulation": "ours",
@@ -333,6 +364,15 @@ def _plan(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict
     for phase in ("train", "infer", "synthesis"):
         if phase in cfg.phases:
             phases[phase] = {side: spec | {"kind": phase} for side, spec in sides.items()}
+    if "synthesis" in phases:
+        presets = {
+            "kxnet" if name == "paper" else f"kxnet_{name}": ours
+            | {"kind": "synthesis", "degradation": str(name)}
+            for name in cfg.degradations
+        }
+        phases["synthesis"] = presets | {
+            side: spec for side, spec in phases["synthesis"].items() if side != "kxnet"
+        }
     if "train" in phases and cfg.compare.checkpointing and not cfg.model.net.checkpoint_stages:
         checkpointed = ours | {"kind": "train", "checkpoint_stages": True}
         phases["train"] = {
@@ -379,6 +419,7 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
     train = results.get("train/kxnet", {})
     step = train.get("wall_s", {}).get("median")
     synthesis = results.get("synthesis/kxnet", {}).get("wall_s", {}).get("median")
+    realistic = results.get("synthesis/kxnet_realistic", {}).get("wall_s", {}).get("median")
     measured = {
         "train_time_ratio": vs("train/kxnet", "wall_s"),
         "train_memory_ratio": None if checkpointed else vs("train/kxnet", "memory"),
@@ -388,6 +429,7 @@ def _targets(results: dict[str, dict], checkpointed: bool) -> dict[str, Any]:
         "infer_time_ratio": vs("infer/kxnet", "wall_s"),
         "conv_fraction_of_peak": train.get("conv_fraction_of_peak"),
         "synthesis_fraction_of_step": _ratio(synthesis, step),
+        "realistic_synthesis_fraction_of_step": _ratio(realistic, step),
     }
     targets = {}
     for key, (label, op, bound) in TARGETS.items():
