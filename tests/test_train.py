@@ -105,9 +105,15 @@ def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):
     assert _loads(_weights(tmp_path)).num_stages == 0
 
 
-def test_csv_and_tensorboard_loggers_get_the_pictures(tmp_path, tiny_benchmark):
+def test_csv_and_tensorboard_loggers_get_the_pictures_and_histograms(tmp_path, tiny_benchmark):
     cfg = compose_train(
-        tmp_path, "debug=limit", "logger=many", "logger.wandb=null", *tiny_benchmark, *QUIET
+        tmp_path,
+        "debug=limit",
+        "logger=many",
+        "logger.wandb=null",
+        "data/degradation=realistic",
+        *tiny_benchmark,
+        *QUIET,
     )
     train(cfg)
     pngs = sorted(p.name for p in (tmp_path / "csv" / "version_0" / "images").glob("*.png"))
@@ -117,11 +123,14 @@ def test_csv_and_tensorboard_loggers_get_the_pictures(tmp_path, tiny_benchmark):
         "val_kernels_0_step0000002.png",
         "val_pictures_0_step0000002.png",
     ]
-    images, scalars = set(), set()
+    images, scalars, histograms = set(), set(), set()
     for events in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
         tags = EventAccumulator(str(events)).Reload().Tags()
         images |= set(tags["images"])
         scalars |= set(tags["scalars"])
+        histograms |= set(tags["histograms"])
+    drawn = {"kernel_sigma_x", "kernel_sigma_y", "kernel_theta", "noise", "noise_2"}
+    assert {f"train/degradation/{name}" for name in drawn} <= histograms
     assert {"val/pictures/0", "val/kernels/0", "test/pictures/0"} <= images
     assert {"val/psnr", "val/stage_psnr/02", "val/kernel_l1/01", "val/Tiny/ssim"} <= scalars
     assert {"perf/wall_time_s", "perf/step_time_s", "perf/peak_memory_gib"} <= scalars
