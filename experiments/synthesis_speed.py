@@ -1,6 +1,7 @@
 """Time the training degradations and compare their blur and kernels with kornia's.
 
     python experiments/synthesis_speed.py --setting aniso --scale 4 --batch 12 --lr-patch 64
+        [--threads N]
 
 Prints the time per batch of the paper's :class:`kxnet.data.synthesis.Degradation`, of its parts,
 and of the kornia alternatives (``kornia.filters.filter2d`` with per-sample kernels, reflect
@@ -49,7 +50,10 @@ def main() -> None:
     parser.add_argument("--lr-patch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     s, size = args.scale, args.lr_patch * args.scale
@@ -123,7 +127,7 @@ def _realistic(args, hr: torch.Tensor, device: torch.device) -> None:
         )
 
     base = seconds(blur_only)
-    print(f"realistic preset (both rounds)               {1e3 * seconds(realistic):8.2f} ms/batch")
+    print(f"realistic preset (data/degradation=realistic) {1e3 * seconds(realistic):8.2f} ms/batch")
     print(f"  blur+downsample, clamp, 8 bit              {1e3 * base:8.2f} ms/batch")
     first = OmegaConf.to_container(preset.first_round)
     for name in OPERATORS:

@@ -156,7 +156,7 @@ def test_the_realistic_config_degrades_the_trainers_batches_reproducibly(train_d
     assert degradation["setting"] == "iso" and degradation["scale"] == 2
     batches = _fit(train_dir, tmp_path, seed=3, setting="iso", degradation=degradation)
     for b in batches:
-        assert {"lr", "hr", "kernel", "kernel_params", "noise", "jpeg_quality_2"} <= set(b)
+        assert {"lr", "hr", "kernel", "kernel_params", "noise", "jpeg_quality"} <= set(b)
         assert b["lr"].shape == (4, 3, 8, 8) and b["kernel"].shape == (4, 21, 21)
     again = _fit(train_dir, tmp_path, seed=3, setting="iso", degradation=degradation)
     for x, y in zip(batches, again, strict=True):

@@ -135,14 +135,15 @@ def test_with_every_operator_off_it_is_the_papers_setting_1_bit_for_bit():
     )
 
 
-def test_the_shipped_preset_builds_two_rounds_and_refuses_unknown_operators():
+def test_the_shipped_preset_has_one_round_on_a_second_to_turn_on_and_refuses_unknowns():
     preset = _shipped()
     rounds = {key: preset[key] for key in ("first_round", "second_round")}
     degradation = realistic_degradation("iso", 2, **rounds)
-    out = degradation(_hr(8, 32), step_generator(0, 0, 0, "cpu"))
-    assert {"jpeg_quality", "jpeg_quality_2", "motion_angle", "poisson_peak_2", "noise_2"} <= set(
-        out
-    )
+    assert len(degradation) == 1 + len(OPERATORS) + 1
+    rounds["second_round"]["jpeg"]["p"] = 0.5
+    out = realistic_degradation("iso", 2, **rounds)(_hr(8, 32), step_generator(0, 0, 0, "cpu"))
+    assert {"jpeg_quality", "motion_angle", "poisson_peak", "noise", "jpeg_quality_2"} <= set(out)
+    assert "noise_2" not in out
     assert out["lr"].shape == (8, 3, 16, 16)
     assert torch.equal(out["lr"] * 255, (out["lr"] * 255).round())
     with pytest.raises(ValueError, match="unknown degradation operators"):

@@ -129,7 +129,7 @@ def test_csv_and_tensorboard_loggers_get_the_pictures_and_histograms(tmp_path, t
         images |= set(tags["images"])
         scalars |= set(tags["scalars"])
         histograms |= set(tags["histograms"])
-    drawn = {"kernel_sigma_x", "kernel_sigma_y", "kernel_theta", "noise", "noise_2"}
+    drawn = {"kernel_sigma_x", "kernel_sigma_y", "kernel_theta", "noise", "jpeg_quality"}
     assert {f"train/degradation/{name}" for name in drawn} <= histograms
     assert {"val/pictures/0", "val/kernels/0", "test/pictures/0"} <= images
     assert {"val/psnr", "val/stage_psnr/02", "val/kernel_l1/01", "val/Tiny/ssim"} <= scalars
