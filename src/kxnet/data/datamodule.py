@@ -127,6 +127,7 @@ class KXNetDataModule(pl.LightningDataModule):
         self.test_sets: list[BenchmarkSet] = []
 
     def _degradation(self, kernel_size, sigma_range, noise_max) -> Degradation:
+        """The ``degradation`` config built, or the paper's degradation of these arguments."""
         config = self.hparams.degradation
         if config is None:
             return paper_degradation(self.setting, self.scale, kernel_size, sigma_range, noise_max)
