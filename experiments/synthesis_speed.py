@@ -1,11 +1,14 @@
-"""Time the training degradation and compare its blur and kernels with kornia's.
+"""Time the training degradations and compare their blur and kernels with kornia's.
 
     python experiments/synthesis_speed.py --setting aniso --scale 4 --batch 12 --lr-patch 64
+        [--threads N]
 
-Prints the time per batch of :class:`kxnet.data.synthesis.Degradation`, of its parts, and of the
-kornia alternatives (``kornia.filters.filter2d`` with per-sample kernels, reflect border, then
-the s-fold subsampling; ``kornia.filters.get_gaussian_kernel2d`` for isotropic kernels), with the
-largest difference from ours. Medians of ``--repeats`` runs after one warm-up.
+Prints the time per batch of the paper's :class:`kxnet.data.synthesis.Degradation`, of its parts,
+and of the kornia alternatives (``kornia.filters.filter2d`` with per-sample kernels, reflect
+border, then the s-fold subsampling; ``kornia.filters.get_gaussian_kernel2d`` for isotropic
+kernels), with the largest difference from ours; then the realistic degradation of the shipped
+preset (``data/degradation=realistic``) and what each of its operators adds, applied to every
+sample. Medians of ``--repeats`` runs after one warm-up.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ import time
 
 import kornia
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from kxnet import kernels, physics
-from kxnet.data.synthesis import Degradation, step_generator
+from kxnet.config import project_root
+from kxnet.data.realistic import OPERATORS, realistic_degradation
+from kxnet.data.synthesis import paper_degradation, step_generator
 
 
 def _median_seconds(fn, repeats: int, device: torch.device) -> float:
@@ -43,16 +50,19 @@ def main() -> None:
     parser.add_argument("--lr-patch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     s, size = args.scale, args.lr_patch * args.scale
     hr = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     hr = hr.to(device)
-    degradation = Degradation(args.setting, s)
+    degradation = paper_degradation(args.setting, s)
     p = degradation.kernel_size
     gen = step_generator(0, 0, 0, device)
-    k, _ = degradation.sample_kernels(args.batch, gen, device, torch.float32)
+    k, _ = degradation.blur.sample_kernels(args.batch, gen, device, torch.float32)
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, {args.setting} x{s}, "
         f"batch {args.batch}, HR {size}×{size} → LR {args.lr_patch}×{args.lr_patch}, p={p}"
@@ -71,7 +81,7 @@ def main() -> None:
         lambda: degradation(hr, step_generator(0, 0, 1, device)), args.repeats, device
     )
     t_kernels = _median_seconds(
-        lambda: degradation.sample_kernels(args.batch, gen, device, torch.float32),
+        lambda: degradation.blur.sample_kernels(args.batch, gen, device, torch.float32),
         args.repeats,
         device,
     )
@@ -98,6 +108,33 @@ def main() -> None:
         f"{1e3 * t_kiso:.3f} ms (max |diff| {(ours_iso - kornia_iso).abs().max().item():.1e}); "
         "kornia has no rotated anisotropic Gaussian"
     )
+
+    _realistic(args, hr, device)
+
+
+def _realistic(args, hr: torch.Tensor, device: torch.device) -> None:
+    """The shipped realistic preset, then each of its operators alone on every sample."""
+    preset = OmegaConf.load(project_root() / "conf/train/data/degradation/realistic.yaml")
+    preset.setting, preset.scale = args.setting, args.scale
+    preset.kernel_size = kernels.kernel_size(args.setting, args.scale)
+    preset.sigma_range = list(kernels.train_sigma_range(args.setting, args.scale))
+    realistic = instantiate(preset, _convert_="all")
+    blur_only = realistic_degradation(args.setting, args.scale)
+
+    def seconds(degradation) -> float:
+        return _median_seconds(
+            lambda: degradation(hr, step_generator(0, 0, 1, device)), args.repeats, device
+        )
+
+    base = seconds(blur_only)
+    print(f"realistic preset (data/degradation=realistic) {1e3 * seconds(realistic):8.2f} ms/batch")
+    print(f"  blur+downsample, clamp, 8 bit              {1e3 * base:8.2f} ms/batch")
+    first = OmegaConf.to_container(preset.first_round)
+    for name in OPERATORS:
+        alone = realistic_degradation(
+            args.setting, args.scale, first_round={name: first[name] | {"p": 1.0}}
+        )
+        print(f"  + {name:<41} {1e3 * (seconds(alone) - base):8.2f} ms/batch")
 
 
 if __name__ == "__main__":

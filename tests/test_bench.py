@@ -66,6 +66,7 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     phases = ["train", "infer", "synthesis"] + [f"hot_spot/{name}" for name in HOT_SPOTS]
     expected = {f"{phase}/{side}" for phase in phases for side in ("kxnet", "authors")}
     expected |= {"train/kxnet_checkpointed", "train/kxnet_bf16", "infer/kxnet_bf16"}
+    expected |= {"synthesis/kxnet_realistic"}
     assert set(report["results"]) == expected
     bf16 = report["results"]["train/kxnet_bf16"]
     assert bf16["vs_fp32"] > 0 and bf16["flops"] == report["results"]["train/kxnet"]["flops"]
@@ -113,6 +114,8 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     assert loader["needed_crops_per_s"] == pytest.approx(12 / 0.05)
     assert loader["gpu_step_basis"] == "measured by make bench-gpu"
     assert 1e12 < loader["paper_step_flops"] < 1e14
+    for synthesis in ("synthesis_fraction_of_step", "realistic_synthesis_fraction_of_step"):
+        assert report["targets"][synthesis]["value"] > 0
 
 
 def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
@@ -129,6 +132,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
         (["phases=[train,bogus]"], "phases must be a non-empty list"),
         (["precisions=[float16]"], "precisions must list float32"),
         (["infer.image=Set5/missing.png"], "missing.png does not exist"),
+        (["degradations=[paper,bogus]"], "no data/degradation preset 'bogus'"),
     ]:
         done = bench(*overrides)
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
@@ -138,7 +142,11 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert set(report["results"]) == {"synthesis/kxnet", "synthesis/authors"}
+    assert set(report["results"]) == {
+        "synthesis/kxnet",
+        "synthesis/kxnet_realistic",
+        "synthesis/authors",
+    }
     assert report["infer_input"] is None
     assert report["targets"]["synthesis_fraction_of_step"]["value"] is None
 

@@ -16,7 +16,17 @@ from trainhelp import compose_train
 
 CONF = project_root() / "conf" / "train"
 SHARED = project_root() / "conf" / "shared"
-GROUPS = ["data", "trainer", "logger", "callbacks", "optim", "setting", "model", "paths"]
+GROUPS = [
+    "data",
+    "data/degradation",
+    "trainer",
+    "logger",
+    "callbacks",
+    "optim",
+    "setting",
+    "model",
+    "paths",
+]
 
 
 def _options(group: str) -> list[str]:

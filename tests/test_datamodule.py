@@ -4,6 +4,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from kxnet import physics
@@ -75,7 +76,7 @@ def test_paper_config_setting2_x4_gives_lr64_from_hr256_with_21x21_kernels(tmp_p
         pin_memory=False,
     )
     assert dm.hr_patch_size == 256
-    assert dm.degradation.kernel_size == 21 and dm.degradation.noise_max == 25
+    assert dm.degradation.kernel_size == 21 and dm.degradation[1].sigma == (0.0, 25.0)
     assert dm.degradation.sigma_range == (0.6, 5.0)
     dm.setup("fit")
     hr = next(iter(dm.train_dataloader()))["hr"]
@@ -120,9 +121,9 @@ def _trainer(**kwargs):
     return pl.Trainer(**(args | kwargs))
 
 
-def _fit(train_dir, tmp_path, seed, setting="aniso"):
+def _fit(train_dir, tmp_path, seed, setting="aniso", **kwargs):
     module = _Recorder()
-    _trainer().fit(module, datamodule=_dm(train_dir, tmp_path, setting, 2, seed=seed))
+    _trainer().fit(module, datamodule=_dm(train_dir, tmp_path, setting, 2, seed=seed, **kwargs))
     return module.train_batches
 
 
@@ -146,6 +147,23 @@ def test_trainer_batches_are_degraded_with_fresh_kernels_every_step_and_repeat_p
             assert torch.equal(x[key], y[key])
     other = _fit(train_dir, tmp_path, seed=4)
     assert not torch.equal(batches[0]["kernel"], other[0]["kernel"])
+
+
+def test_the_realistic_config_degrades_the_trainers_batches_reproducibly(train_dir, tmp_path):
+    with initialize_config_module("kxnet.conf.train", version_base="1.3"):
+        cfg = compose("train", overrides=["data/degradation=realistic"])
+    degradation = OmegaConf.to_container(cfg.data.degradation, resolve=True)
+    assert degradation["setting"] == "iso" and degradation["scale"] == 2
+    batches = _fit(train_dir, tmp_path, seed=3, setting="iso", degradation=degradation)
+    for b in batches:
+        assert {"lr", "hr", "kernel", "kernel_params", "noise", "jpeg_quality"} <= set(b)
+        assert b["lr"].shape == (4, 3, 8, 8) and b["kernel"].shape == (4, 21, 21)
+    again = _fit(train_dir, tmp_path, seed=3, setting="iso", degradation=degradation)
+    for x, y in zip(batches, again, strict=True):
+        for key in x:
+            torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="Degradation at x3"):
+        _dm(train_dir, tmp_path, "iso", 3, degradation=degradation)
 
 
 def test_validation_batches_are_the_cached_benchmark_items_once_each(train_dir, tmp_path):

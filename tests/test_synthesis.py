@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+from kornia.augmentation import AugmentationBase2D, ImageSequential, RandomGaussianNoise
 
-from kxnet import physics
-from kxnet.data.synthesis import Degradation, step_generator
+from kxnet import kernels, physics
+from kxnet.data.synthesis import drawn_parameters, paper_degradation, step_generator
 
 
 def _hr(batch, size, seed=0):
@@ -15,7 +16,7 @@ def _hr(batch, size, seed=0):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_batch_shapes_and_ranges_for_every_setting_and_scale(setting, scale):
     p = {"iso": 21, "aniso": {2: 11, 3: 15, 4: 21}[scale]}[setting]
-    out = Degradation(setting, scale)(_hr(3, 16 * scale), step_generator(0, 0, 0, "cpu"))
+    out = paper_degradation(setting, scale)(_hr(3, 16 * scale), step_generator(0, 0, 0, "cpu"))
     assert set(out) == {"lr", "hr", "kernel", "kernel_params", "noise"}
     assert out["lr"].shape == (3, 3, 16, 16)
     assert out["hr"].shape == (3, 3, 16 * scale, 16 * scale)
@@ -36,17 +37,17 @@ def test_batch_shapes_and_ranges_for_every_setting_and_scale(setting, scale):
 @pytest.mark.parametrize("setting", ["iso", "aniso"])
 def test_training_lr_is_on_the_8_bit_grid_after_noise_and_clamp(setting):
     draw = step_generator(5, 0, 3, "cpu")
-    out = Degradation(setting, 2)(_hr(4, 48), draw)
+    out = paper_degradation(setting, 2)(_hr(4, 48), draw)
     levels = out["lr"] * 255
     assert torch.equal(levels, levels.round()) and levels.unique().numel() > 50
-    raw = Degradation(setting, 2, quantize=False)(_hr(4, 48), step_generator(5, 0, 3, "cpu"))
+    raw = paper_degradation(setting, 2, quantize=False)(_hr(4, 48), step_generator(5, 0, 3, "cpu"))
     assert not torch.equal(raw["lr"] * 255, (raw["lr"] * 255).round())
     torch.testing.assert_close(out["lr"], (raw["lr"] * 255).round() / 255, rtol=0, atol=0)
     torch.testing.assert_close(out["kernel"], raw["kernel"], rtol=0, atol=0)
 
 
 def test_setting2_x4_paper_sizes_lr64_from_hr256_kernels21_noise_up_to_25():
-    out = Degradation("aniso", 4)(_hr(12, 256), step_generator(3, 0, 7, "cpu"))
+    out = paper_degradation("aniso", 4)(_hr(12, 256), step_generator(3, 0, 7, "cpu"))
     assert out["lr"].shape == (12, 3, 64, 64)
     assert out["kernel"].shape == (12, 21, 21)
     assert 0 <= out["noise"].min() and out["noise"].max() <= 25
@@ -55,7 +56,7 @@ def test_setting2_x4_paper_sizes_lr64_from_hr256_kernels21_noise_up_to_25():
 def test_noise_std_is_within_5_percent_of_the_drawn_level():
     # A flat image stays flat under any normalised blur, so LR − 0.5 is the noise alone.
     hr = torch.full((32, 3, 256, 256), 0.5)
-    out = Degradation("aniso", 4, quantize=False)(hr, step_generator(1, 0, 0, "cpu"))
+    out = paper_degradation("aniso", 4, quantize=False)(hr, step_generator(1, 0, 0, "cpu"))
     std = (out["lr"] - 0.5).flatten(1).std(dim=1) * 255
     ratio = std / out["noise"]
     assert out["noise"].min() < 5 and out["noise"].max() > 20  # the draw spans U[0, 25]
@@ -74,7 +75,7 @@ def _kernel_covariance(k):
 
 
 def test_anisotropic_kernel_statistics_match_setting2():
-    out = Degradation("aniso", 4)(_hr(1000, 24), step_generator(2, 0, 0, "cpu"))
+    out = paper_degradation("aniso", 4)(_hr(1000, 24), step_generator(2, 0, 0, "cpu"))
     sx, sy, theta = out["kernel_params"].double().unbind(1)
     for v, (low, high) in ((sx, (0.6, 5.0)), (sy, (0.6, 5.0)), (theta, (-math.pi, math.pi))):
         assert low <= v.min() and v.max() <= high
@@ -92,7 +93,7 @@ def test_anisotropic_kernel_statistics_match_setting2():
 
 
 def test_isotropic_kernel_statistics_match_setting1():
-    out = Degradation("iso", 2)(_hr(1000, 24), step_generator(2, 0, 0, "cpu"))
+    out = paper_degradation("iso", 2)(_hr(1000, 24), step_generator(2, 0, 0, "cpu"))
     sx, sy, theta = out["kernel_params"].unbind(1)
     assert torch.equal(sx, sy) and (theta == 0).all()
     assert 0.2 <= sx.min() and sx.max() <= 2.0
@@ -106,17 +107,17 @@ def test_isotropic_kernel_statistics_match_setting1():
 
 
 def test_custom_ranges_are_honoured():
-    deg = Degradation("aniso", 2, kernel_size=15, sigma_range=(1.0, 1.5), noise_max=5.0)
+    deg = paper_degradation("aniso", 2, kernel_size=15, sigma_range=(1.0, 1.5), noise_max=5.0)
     out = deg(_hr(200, 32), step_generator(0, 0, 0, "cpu"))
     assert out["kernel"].shape[-1] == 15
     assert out["kernel_params"][:, :2].min() >= 1.0 and out["kernel_params"][:, :2].max() <= 1.5
     assert out["noise"].max() <= 5.0
-    out = Degradation("aniso", 2, noise_max=0.0)(_hr(4, 32), step_generator(0, 0, 0, "cpu"))
+    out = paper_degradation("aniso", 2, noise_max=0.0)(_hr(4, 32), step_generator(0, 0, 0, "cpu"))
     assert (out["noise"] == 0).all()
 
 
 def test_same_seed_rank_step_repeats_and_any_change_draws_anew():
-    deg = Degradation("aniso", 3)
+    deg = paper_degradation("aniso", 3)
     hr = _hr(4, 48)
     a = deg(hr, step_generator(5, 0, 10, "cpu"))
     b = deg(hr, step_generator(5, 0, 10, "cpu"))
@@ -130,7 +131,7 @@ def test_same_seed_rank_step_repeats_and_any_change_draws_anew():
 
 
 def test_two_ranks_draw_distinct_kernels_at_every_step():
-    deg = Degradation("iso", 4)
+    deg = paper_degradation("iso", 4)
     hr = _hr(2, 64)
     for step in range(10):
         r0 = deg(hr, step_generator(0, 0, step, "cpu"))["kernel_params"][:, 0]
@@ -140,10 +141,81 @@ def test_two_ranks_draw_distinct_kernels_at_every_step():
 
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="setting"):
-        Degradation("gauss", 2)
+        paper_degradation("gauss", 2)
     with pytest.raises(ValueError, match="kernel_size"):
-        Degradation("iso", 2, kernel_size=10)
+        paper_degradation("iso", 2, kernel_size=10)
     with pytest.raises(ValueError, match="noise_max"):
-        Degradation("aniso", 2, noise_max=-1)
+        paper_degradation("aniso", 2, noise_max=-1)
     with pytest.raises(ValueError, match="B×3×H×W"):
-        Degradation("iso", 2)(torch.rand(3, 32, 32), step_generator(0, 0, 0, "cpu"))
+        paper_degradation("iso", 2)(torch.rand(3, 32, 32), step_generator(0, 0, 0, "cpu"))
+
+
+def _todays_pairs(hr, setting, scale, generator):
+    """The synthesis as it was before the kornia modules, written out: the draw order (kernels,
+    then noise levels, then the noise field), blur, noise, clamp, 8-bit rounding."""
+    p = kernels.kernel_size(setting, scale)
+    sigma_range = kernels.train_sigma_range(setting, scale)
+    batch = hr.shape[0]
+    if setting == "iso":
+        k, sigma = kernels.random_isotropic(batch, p, sigma_range, generator)
+        params = torch.stack([sigma, sigma, torch.zeros_like(sigma)], dim=1)
+    else:
+        k, params = kernels.random_anisotropic(batch, p, sigma_range, generator)
+    lr = physics.blur_downsample(hr, k, scale)
+    noise = torch.zeros(batch)
+    if setting == "aniso":
+        noise = 25.0 * torch.rand(batch, generator=generator)
+        lr = lr + torch.randn(lr.shape, generator=generator) * (noise / 255.0).view(-1, 1, 1, 1)
+    lr = (lr.clamp(0, 1) * 255).round() / 255
+    return {"lr": lr, "hr": hr, "kernel": k, "kernel_params": params, "noise": noise}
+
+
+@pytest.mark.parametrize("setting", ["iso", "aniso"])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_paper_mode_gives_todays_pairs_bit_for_bit(setting, scale):
+    degradation = paper_degradation(setting, scale)
+    for seed, rank, step in ((0, 0, 0), (7, 1, 123)):
+        hr = _hr(3, 16 * scale, seed=step)
+        ours = degradation(hr, step_generator(seed, rank, step, "cpu"))
+        todays = _todays_pairs(hr, setting, scale, step_generator(seed, rank, step, "cpu"))
+        assert set(ours) == set(todays)
+        for key, value in todays.items():
+            assert torch.equal(ours[key], value), (key, seed, rank, step)
+
+
+@pytest.mark.parametrize("setting", ["iso", "aniso"])
+def test_paper_mode_is_kornia_augmentations_that_return_and_replay_their_draw(setting):
+    degradation = paper_degradation(setting, 2)
+    assert isinstance(degradation, ImageSequential)
+    assert isinstance(degradation.blur, AugmentationBase2D)
+    if setting == "aniso":
+        assert isinstance(degradation[1], RandomGaussianNoise)
+    hr = _hr(2, 32)
+    out = degradation(hr, step_generator(0, 0, 0, "cpu"))
+    draw = degradation._params
+    assert [item.name for item in draw] == list(dict(degradation.named_children()))
+    assert torch.equal(draw[0].data["kernel"], out["kernel"])
+    again = degradation(hr, params=draw)
+    assert all(torch.equal(out[key], again[key]) for key in out)
+
+
+def test_synthesis_leaves_the_global_generator_alone():
+    state = torch.get_rng_state()
+    paper_degradation("aniso", 3)(_hr(2, 48), step_generator(0, 0, 0, "cpu"))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_draw_without_an_explicit_generator_is_refused():
+    degradation = paper_degradation("aniso", 2)
+    with pytest.raises(ValueError, match="explicit torch.Generator"):
+        degradation(_hr(2, 32))
+    with pytest.raises(ValueError, match="explicit torch.Generator"):
+        degradation.blur(_hr(2, 32))
+
+
+def test_drawn_parameters_name_every_draw_one_value_per_sample():
+    out = paper_degradation("aniso", 2)(_hr(3, 32), step_generator(0, 0, 0, "cpu"))
+    drawn = drawn_parameters(out)
+    assert set(drawn) == {"kernel_sigma_x", "kernel_sigma_y", "kernel_theta", "noise"}
+    assert torch.equal(drawn["kernel_theta"], out["kernel_params"][:, 2])
+    assert all(v.shape == (3,) for v in drawn.values())

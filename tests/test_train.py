@@ -96,14 +96,18 @@ def _spy_on_loading(monkeypatch) -> list[tuple[str, object, object]]:
     return calls
 
 
-def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark, monkeypatch):
+@pytest.mark.parametrize("degradation", ["paper", "realistic"])
+def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_benchmark, monkeypatch, degradation):
     # The first run stops after one epoch; the second resumes from it for the next epoch.
-    whole = _run(tmp_path / "whole", tiny_benchmark, "trainer.max_steps=4")
-    _run(tmp_path / "first", tiny_benchmark, "trainer.max_steps=2", "test=false")
+    mode = f"data/degradation={degradation}"
+    whole = _run(tmp_path / "whole", tiny_benchmark, mode, "trainer.max_steps=4")
+    _run(tmp_path / "first", tiny_benchmark, mode, "trainer.max_steps=2", "test=false")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2
     calls = _spy_on_loading(monkeypatch)
-    resumed = _run(tmp_path / "resumed", tiny_benchmark, "trainer.max_steps=4", f"ckpt_path={last}")
+    resumed = _run(
+        tmp_path / "resumed", tiny_benchmark, mode, "trainer.max_steps=4", f"ckpt_path={last}"
+    )
     assert resumed == whole
     # Every checkpoint Lightning loads is read weights-only; the test is of the final weights
     # (export=last), which it loads from no file.
@@ -165,9 +169,15 @@ def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):
     assert _loads(_weights(tmp_path)).num_stages == 0
 
 
-def test_csv_and_tensorboard_loggers_get_the_pictures(tmp_path, tiny_benchmark):
+def test_csv_and_tensorboard_loggers_get_the_pictures_and_histograms(tmp_path, tiny_benchmark):
     cfg = compose_train(
-        tmp_path, "debug=limit", "logger=many", "logger.wandb=null", *tiny_benchmark, *QUIET
+        tmp_path,
+        "debug=limit",
+        "logger=many",
+        "logger.wandb=null",
+        "data/degradation=realistic",
+        *tiny_benchmark,
+        *QUIET,
     )
     train(cfg)
     pngs = sorted(p.name for p in (tmp_path / "csv" / "version_0" / "images").glob("*.png"))
@@ -177,11 +187,14 @@ def test_csv_and_tensorboard_loggers_get_the_pictures(tmp_path, tiny_benchmark):
         "val_kernels_0_step0000002.png",
         "val_pictures_0_step0000002.png",
     ]
-    images, scalars = set(), set()
+    images, scalars, histograms = set(), set(), set()
     for events in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
         tags = EventAccumulator(str(events)).Reload().Tags()
         images |= set(tags["images"])
         scalars |= set(tags["scalars"])
+        histograms |= set(tags["histograms"])
+    drawn = {"kernel_sigma_x", "kernel_sigma_y", "kernel_theta", "noise", "jpeg_quality"}
+    assert {f"train/degradation/{name}" for name in drawn} <= histograms
     assert {"val/pictures/0", "val/kernels/0", "test/pictures/0"} <= images
     assert {"val/psnr", "val/stage_psnr/02", "val/kernel_l1/01", "val/Tiny/ssim"} <= scalars
     assert {"perf/wall_time_s", "perf/step_time_s", "perf/peak_memory_gib"} <= scalars

@@ -3,8 +3,9 @@
 Training: DataLoader workers read random HR crops of ``lr_patch_size · scale`` pixels
 (:class:`~kxnet.data.hr_dataset.HRImageFolder`); ``on_after_batch_transfer`` turns each batch,
 already on the device, into ``{"lr", "hr", "kernel", "kernel_params", "noise"}`` with
-:class:`~kxnet.data.synthesis.Degradation`, drawing from a generator seeded by (seed, rank,
-training batch index), so ranks never share kernels and a resumed run draws what the
+:class:`~kxnet.data.synthesis.Degradation` (the paper's, or the ``degradation`` config: the
+``data/degradation`` group, ``paper`` or ``realistic``), drawing from a generator seeded by (seed,
+rank, training batch index), so ranks never share kernels and a resumed run draws what the
 uninterrupted one would have; the training loader's place in its epoch is saved with each
 checkpoint (:class:`~kxnet.data.resumable.ResumableDataLoader`), so a run resumed in the middle of
 an epoch goes on with the batches the uninterrupted run had. ``batch_size`` is the global batch
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kxnet.config import resolve_path
@@ -33,7 +36,7 @@ from kxnet.data.benchmarks import DATASETS, BenchmarkSet
 from kxnet.data.hr_dataset import EpochSampler, HRImageFolder
 from kxnet.data.images import list_images, to_float
 from kxnet.data.resumable import ResumableDataLoader
-from kxnet.data.synthesis import Degradation, step_generator
+from kxnet.data.synthesis import Degradation, paper_degradation, step_generator
 from kxnet.errors import StartupError
 
 __all__ = ["KXNetDataModule", "ShardSampler"]
@@ -64,8 +67,11 @@ class KXNetDataModule(pl.LightningDataModule):
         train_dir: folder of HR training images (searched recursively).
         benchmark_dir: folder holding the benchmark sets (``Set5/``, ``Set14/``, …).
         cache_dir: where the degraded benchmark LR images are cached.
-        setting, scale, kernel_size, sigma_range, noise_max: the training degradation
-            (:class:`~kxnet.data.synthesis.Degradation`; ``None`` takes SPEC §2's value).
+        setting, scale, kernel_size, sigma_range, noise_max: the paper's training degradation
+            (:func:`~kxnet.data.synthesis.paper_degradation`; ``None`` takes SPEC §2's value).
+        degradation: the training degradation instead, a ``_target_`` mapping that builds a
+            :class:`~kxnet.data.synthesis.Degradation` of this scale (the ``data/degradation``
+            configs); None: the paper's.
         lr_patch_size: LR training patch side; HR crops are ``lr_patch_size · scale``.
         batch_size: the global training batch, divided over the DDP ranks.
         num_workers: of each rank's training loader.
@@ -105,6 +111,7 @@ class KXNetDataModule(pl.LightningDataModule):
         test_datasets: Sequence[str] | None = None,
         test_noise: Sequence[float] | None = None,
         pin_memory: bool = True,
+        degradation: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,12 +119,26 @@ class KXNetDataModule(pl.LightningDataModule):
         self.benchmark_dir = resolve_path(benchmark_dir)
         self.cache_dir = resolve_path(cache_dir)
         self.val_dir = resolve_path(val_dir) if val_dir else None
-        self.degradation = Degradation(setting, scale, kernel_size, sigma_range, noise_max)
         self.setting, self.scale, self.seed = str(setting), int(scale), int(seed)
+        self.degradation = self._degradation(kernel_size, sigma_range, noise_max)
         self.hr_patch_size = int(lr_patch_size) * self.scale
         self.train_set: HRImageFolder | None = None
         self.val_sets: list[BenchmarkSet] = []
         self.test_sets: list[BenchmarkSet] = []
+
+    def _degradation(self, kernel_size, sigma_range, noise_max) -> Degradation:
+        """The ``degradation`` config built, or the paper's degradation of these arguments."""
+        config = self.hparams.degradation
+        if config is None:
+            return paper_degradation(self.setting, self.scale, kernel_size, sigma_range, noise_max)
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        degradation = instantiate(dict(config), _convert_="all")
+        if not isinstance(degradation, Degradation) or degradation.scale != self.scale:
+            raise ValueError(
+                f"data.degradation must build a Degradation at x{self.scale}, got {degradation!r}"
+            )
+        return degradation
 
     def _val_files(self) -> list | None:
         """The first ``val_images`` images of ``val_dir``, or None if it holds none."""

@@ -1,12 +1,13 @@
-"""What the training run hands its loggers: the W&B mode, one W&B run per job, and pictures
-in each logger's own way (W&B ``log_image``, TensorBoard ``add_image``, PNG files for CSV)."""
+"""What the training run hands its loggers: the W&B mode, one W&B run per job, pictures in each
+logger's own way (W&B ``log_image``, TensorBoard ``add_image``, PNG files for CSV) and histograms
+where a logger shows them (``wandb.Histogram``, TensorBoard ``add_histogram``)."""
 
 from __future__ import annotations
 
 import netrc
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["default_wandb_mode", "finish_wandb", "log_picture"]
+__all__ = ["default_wandb_mode", "finish_wandb", "log_histograms", "log_picture"]
 
 
 def default_wandb_mode() -> str:
@@ -71,3 +72,28 @@ def log_picture(
             Image.fromarray(_to_uint8_hwc(picture)).save(folder / f"{name}_step{step:07d}.png")
         else:
             rank_zero_warn(f"{type(logger).__name__} cannot show pictures; {key!r} not logged")
+
+
+def log_histograms(
+    loggers: Iterable[Logger], prefix: str, values: Mapping[str, Tensor], step: int
+) -> None:
+    """Send a histogram of each ``values[key]`` (any shape; non-finite values left out) as
+    ``prefix/key`` to the W&B and TensorBoard loggers; the others show none and are skipped
+    (call on rank 0 only)."""
+    finite = {}
+    for key, value in values.items():
+        value = value.detach().float().flatten().cpu()
+        value = value[torch.isfinite(value)]
+        if value.numel():
+            finite[f"{prefix}/{key}"] = value
+    if not finite:
+        return
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            histograms = {key: wandb.Histogram(v.numpy()) for key, v in finite.items()}
+            logger.log_metrics(histograms, step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            for key, value in finite.items():
+                logger.experiment.add_histogram(key, value, global_step=step)

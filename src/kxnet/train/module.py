@@ -1,5 +1,6 @@
 """The LightningModule: KXNet, its loss (paper Eq. 12), optimiser and schedule, and what the
-dashboards show (PSNR/SSIM-Y of the final and of every stage, kernel error, pictures)."""
+dashboards show (PSNR/SSIM-Y of the final and of every stage, kernel error, pictures, and
+histograms of every parameter the training degradation drew)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from kxnet.data.synthesis import drawn_parameters
 from kxnet.loss import StageLoss
 from kxnet.metrics import PSNR, SSIM, KernelL1, KernelPSNR, psnr
 from kxnet.nn.kxnet import KXNet, KXNetOutput
 from kxnet.pictures import comparison_strip, kernel_strip
 from kxnet.train import rng
-from kxnet.train.loggers import log_picture
+from kxnet.train.loggers import log_histograms, log_picture
 
 __all__ = ["KXNetModule", "SplitMetrics", "set_label"]
 
@@ -188,7 +190,17 @@ class KXNetModule(pl.LightningModule):
         self.log("train/loss", loss.total, prog_bar=True, batch_size=size)
         self.log("train/loss_image", loss.image[-1], batch_size=size)
         self.log("train/loss_kernel", loss.kernel[-1], batch_size=size)
+        self._log_degradation(batch)
         return {"loss": loss.total, "kernel": output.kernel.detach(), "skipped": False}
+
+    def _log_degradation(self, batch: dict[str, Tensor]) -> None:
+        """Every ``trainer.log_every_n_steps`` steps, on rank 0: histograms of what the batch's
+        degradation drew (kernel σx, σy, θ, noise σ, JPEG quality, …; samples where an operator
+        was not applied are left out) as ``train/degradation/<name>``."""
+        every = self.trainer.log_every_n_steps
+        if self.global_rank or not self.loggers or not every or self.global_step % every:
+            return
+        log_histograms(self.loggers, "train/degradation", drawn_parameters(batch), self.global_step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """After a skipped step: drop the gradients, so that the optimiser changes nothing
