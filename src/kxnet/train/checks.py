@@ -178,12 +178,10 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         check_benchmarks(benchmarks, None if names is None else list(names), "data.test_datasets")
 
 
-def check_training_data(
-    datamodule: Any, world_size: int, cfg: DictConfig, overrides: Sequence[str] = ()
-) -> None:
+def check_training_data(datamodule: Any, cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Read the training images' headers (the data module's own scan, kept for training) and
-    check that the global batch divides over the ranks and that an epoch holds one batch."""
-    datamodule.rank_batch_size(world_size)
+    check that an epoch holds one batch (that the batch divides over the ranks is checked once
+    the Trainer knows them)."""
     train_set = datamodule.load_train_set()
     warn_if_small(cfg, overrides, len(train_set.images), train_set.root)
     batch = datamodule.hparams.batch_size

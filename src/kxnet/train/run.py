@@ -134,6 +134,8 @@ def train(cfg: DictConfig) -> float | None:
         _remove_leftovers(cfg)
     evaluation = EvalPlan.from_config(cfg) if cfg.get("eval") else None
     datamodule = instantiate(cfg.data, _convert_="all")
+    if cfg.model.net.stages > 0:
+        check_training_data(datamodule, cfg, overrides)
     pl.seed_everything(cfg.seed, workers=True)
     module: KXNetModule = instantiate(cfg.model, _recursive_=False)
     callbacks = [RankSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
@@ -143,7 +145,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer = _trainer(cfg, callbacks, loggers)
     log.info("precision: %s (%s)", trainer.precision, _precision_note(trainer))
     if cfg.model.net.stages > 0:
-        check_training_data(datamodule, trainer.world_size, cfg, overrides)
+        datamodule.rank_batch_size(trainer.world_size)
     finished = False
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
