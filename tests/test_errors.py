@@ -263,6 +263,11 @@ CASES = {
         ["model.net.stages=0", "input={images}", "max_pixels=0"],
         r"max_pixels=0 must be a positive number",
     ),
+    "predict: no such precision": (
+        "predict",
+        ["model.net.stages=0", "input={images}", "precision=fp8"],
+        r"precision=fp8 is not a precision: use precision=32 or precision=bf16",
+    ),
     "predict: checkpoint holding code": (
         "predict",
         ["ckpt_path={evil}", "input={images}"],

@@ -141,6 +141,20 @@ def test_output_is_the_network_output_quantised(model, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "rgb_kernel.npy"), out.kernel[0].numpy())
 
 
+def test_bf16_output_is_the_bf16_network_output_and_near_the_float32_one(model, tmp_path):
+    inputs = _make_inputs(tmp_path / "in")
+    predict_image(model, inputs["rgb.png"], tmp_path, "rgb", PredictOptions(precision="bf16"))
+    lr = read_image(inputs["rgb.png"]).unsqueeze(0)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(lr).sr[0].float()
+        full = model(lr).sr[0]
+    expected = (low.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(_hr(tmp_path / "rgb.png"), expected)
+    assert not torch.equal(low, full), "bfloat16 changed nothing: autocast was off"
+    assert (low - full).abs().mean() < 2e-3
+
+
 def test_tiny_image_equals_the_padded_run_cropped(model, tmp_path):
     inputs = _make_inputs(tmp_path / "in")
     predict_image(model, inputs["two.bmp"], tmp_path, "two", PredictOptions())
@@ -325,6 +339,8 @@ def test_options_are_checked(model):
         PredictOptions(kernel_crop=4097).check(model)
     with pytest.raises(PredictError, match="max_pixels=0 must be a positive"):
         PredictOptions(max_pixels=0).check(model)
+    with pytest.raises(PredictError, match="precision=16 is not a precision"):
+        PredictOptions(precision="16").check(model)
 
 
 def test_an_image_over_max_pixels_is_refused_from_its_header(model, tmp_path, monkeypatch):

@@ -14,7 +14,14 @@ from functools import cache
 
 import torch
 
-__all__ = ["cpu_name", "cpu_bf16", "native_bf16", "cpu_precision"]
+__all__ = [
+    "cpu_name",
+    "cpu_bf16",
+    "native_bf16",
+    "cpu_precision",
+    "PRECISIONS",
+    "inference_autocast",
+]
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -58,3 +65,14 @@ def cpu_precision() -> str:
     """The Lightning precision of a CPU training run: ``bf16-mixed`` with native bfloat16 (the
     proximal networks in bfloat16, the data terms and the loss in float32), else ``32-true``."""
     return "bf16-mixed" if native_bf16() else "32-true"
+
+
+PRECISIONS = ("32", "bf16")
+
+
+def inference_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of an inference ``precision`` (one of :data:`PRECISIONS`): ``32``
+    (off: the paper's numbers) or ``bf16`` (the proximal networks in bfloat16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision} is not one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -45,13 +45,13 @@ from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
 from kxnet.errors import USER_ERRORS, EvalError, report_error
 from kxnet.eval import report
 from kxnet.eval.evaluation import (
-    PRECISIONS,
     check_true_kernel,
     device_name,
     evaluate,
     method_name,
     summarize,
 )
+from kxnet.hardware import PRECISIONS
 from kxnet.metrics import psnr
 from kxnet.nn import KXNet
 from kxnet.pictures import comparison_strip, kernel_strip

@@ -24,11 +24,10 @@ from torch.utils.data import DataLoader
 from kxnet import kernels, metrics
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.errors import EvalError
+from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.nn import KXNet
 
 __all__ = [
-    "PRECISIONS",
-    "autocast",
     "method_name",
     "check_true_kernel",
     "evaluate",
@@ -78,16 +77,6 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-PRECISIONS = ("32", "bf16")
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context of an inference ``precision``: ``32`` (off) or ``bf16``."""
-    if precision not in PRECISIONS:
-        raise EvalError(f"precision={precision} is not one of {', '.join(PRECISIONS)}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -119,7 +108,9 @@ def evaluate(
     device = torch.device(device)
     model = model.eval().to(device)
     loader = DataLoader(dataset, batch_size=1, num_workers=num_workers)
-    cast = autocast(device, precision)
+    if precision not in PRECISIONS:
+        raise EvalError(f"precision={precision} is not one of {', '.join(PRECISIONS)}")
+    cast = inference_autocast(device, precision)
     if warmup and len(dataset):
         lr = dataset[0]["lr"][None].to(device)
         for _ in range(warmup):

@@ -54,6 +54,7 @@ from kxnet.data.images import (
     to_float,
 )
 from kxnet.errors import USER_ERRORS, ImageReadError, PredictError, report_error
+from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.nn.kxnet import KXNet
 from kxnet.pictures import kernel_strip, text_band
 from kxnet.predict.png import PngStreamWriter
@@ -95,6 +96,8 @@ class PredictOptions:
     save_stages: also write every stage's image and kernel.
     max_pixels: the largest LR image (width × height; T+1 times that with save_stages, whose
         output strips are kept per stage) accepted; larger ones are refused from their header.
+    precision: ``32``, or ``bf16`` (the proximal networks in bfloat16, the data terms in
+        float32; see the README for what it costs in PSNR).
     """
 
     tile_size: int = 1024
@@ -102,6 +105,7 @@ class PredictOptions:
     kernel_crop: int = 1024
     save_stages: bool = False
     max_pixels: int = 64_000_000
+    precision: str = "32"
 
     def resolved_overlap(self, model: KXNet) -> int:
         if self.overlap is not None:
@@ -124,6 +128,10 @@ class PredictOptions:
             )
         if overlap < 0:
             raise PredictError(f"tile.overlap={overlap} must be >= 0 (or auto)")
+        if self.precision not in PRECISIONS:
+            raise PredictError(
+                f"precision={self.precision} is not a precision: use precision=32 or precision=bf16"
+            )
         if self.kernel_crop < smallest:
             raise PredictError(
                 f"kernel_crop={self.kernel_crop} is below the network's smallest input "
@@ -299,7 +307,7 @@ def _read(path: Path) -> tuple[Tensor, int, list[str]]:
 
 def _quantise(x: Tensor, bit_depth: int) -> np.ndarray:
     """1×3×H×W float → H×W×3 uint8 or uint16, clamped and rounded (one temporary copy)."""
-    q = x[0].clamp(0, 1).mul_(65535 if bit_depth == 16 else 255).round_()
+    q = x[0].float().clamp(0, 1).mul_(65535 if bit_depth == 16 else 255).round_()
     q = q.to(torch.int32 if bit_depth == 16 else torch.uint8).permute(1, 2, 0).cpu().numpy()
     return q.astype(np.uint16) if bit_depth == 16 else q
 
@@ -420,7 +428,8 @@ def predict_image(
     tiles = plan_tiles(*lr.shape[-2:], options.tile_size, options.resolved_overlap(model))
     count = sum(len(row) for row in tiles)
     outputs = AtomicFiles(output_dir, replace=False)
-    with torch.inference_mode(), outputs, ExitStack() as files:
+    cast = inference_autocast(device, options.precision)
+    with torch.inference_mode(), cast, outputs, ExitStack() as files:
         crop = to_float(central_crop(lr, options.kernel_crop)).to(device)
         estimate = model(crop)
         stage_kernels = estimate.kernels
@@ -570,6 +579,7 @@ def _options(cfg: DictConfig) -> PredictOptions:
         kernel_crop=cfg.kernel_crop,
         save_stages=cfg.save_stages,
         max_pixels=cfg.max_pixels,
+        precision=str(cfg.precision),
     )
 
 
