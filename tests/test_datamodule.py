@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -275,3 +277,29 @@ def test_two_ddp_ranks_draw_distinct_kernels_and_share_validation(train_dir, tmp
     )
     assert not set(r0["val"]) & set(r1["val"])
     assert len(r0["val"]) + len(r1["val"]) == 5 * 8
+
+
+@pytest.mark.parametrize("degradation", ["paper", "realistic"])
+def test_the_shipped_training_degradations_give_8_bit_lr(tmp_path, train_dir, degradation):
+    """Through the shipped data config (data/degradation=paper|realistic), as training builds
+    it: the LR images lie on the 8-bit grid, as the authors' training data does."""
+    with initialize_config_module("kxnet.conf.train", version_base="1.3"):
+        cfg = compose("train", overrides=[f"data/degradation={degradation}", "scale=2"])
+    dm = instantiate(cfg.data, train_dir=str(train_dir), cache_dir=str(tmp_path), val_images=0)
+    hr = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    lr = dm.synthesize(hr, rank=0, step=0)["lr"]
+    assert lr.shape == (4, 3, 16, 16)
+    assert torch.equal(lr * 255, (lr * 255).round())
+    assert lr.min() >= 0 and lr.max() <= 1
+
+
+def test_each_rank_loads_its_share_of_the_global_batch(train_dir, tmp_path, caplog):
+    """The loader of rank 1 of 2 yields 6 patches a step of data.batch_size=12, as its log line
+    says."""
+    caplog.set_level("INFO")
+    dm = _dm(train_dir, tmp_path, batch_size=12)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    dm.setup("fit")
+    hr = next(iter(dm.train_dataloader()))["hr"]
+    assert hr.shape[0] == 6
+    assert "rank 1 of 2: 6 patches a step of the global batch of 12" in caplog.text

@@ -520,15 +520,17 @@ def test_a_nan_step_is_not_applied_under_16_bit_mixed_precision(tmp_path):
 
 
 def test_skipped_steps_outside_the_window_do_not_roll_back(tmp_path, caplog):
+    """Three NaN steps within 6 steps, but not within 5 (the window): step 1 lies just outside
+    the window of 5 steps that ends at step 6, so no roll-back."""
     caplog.set_level("WARNING")
     probe = _nan_run(
         tmp_path,
-        [1, 4, 7],
+        [1, 4, 6],
         "callbacks.nonfinite_rollback.max_skipped=3",
         "callbacks.nonfinite_rollback.window=5",
     )
     steps = probe["steps"]
-    assert [s for s in sorted(steps) if steps[s]["skipped"]] == [1, 4, 7]
+    assert [s for s in sorted(steps) if steps[s]["skipped"]] == [1, 4, 6]
     assert len({steps[s]["lr"] for s in steps}) == 1
     assert not any("rolled back" in r.getMessage() for r in caplog.records)
 

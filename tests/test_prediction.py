@@ -401,3 +401,30 @@ def test_realsrset_images_with_the_authors_weights_tiled_and_untiled(tmp_path):
         assert a.shape == (240, 240, 3) and np.abs(a - b).max() <= 1
         kernel = np.load(tmp_path / "whole" / f"{path.stem}_kernel.npy")
         assert abs(float(kernel.sum(dtype=np.float64)) - 1) < 1e-5
+
+
+def test_a_file_appearing_during_the_run_is_never_replaced(model, tmp_path):
+    """Another program writes the planned output name while the network runs: the run keeps that
+    file, writes nothing of this image (all of its outputs or none) and says why."""
+    inputs = _make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = out / "rgb.png"
+
+    def another_program(*_):
+        if not theirs.exists():
+            theirs.write_bytes(b"written by another program")
+
+    hook = model.register_forward_hook(another_program)
+    try:
+        results, failures = predict_images(
+            model, [inputs["rgb.png"]], out, PredictOptions(save_stages=True)
+        )
+    finally:
+        hook.remove()
+    assert not results
+    assert "appeared in the output folder during the run and was not replaced" in (
+        failures[0].reason
+    )
+    assert [p.name for p in out.iterdir()] == ["rgb.png"]
+    assert theirs.read_bytes() == b"written by another program"

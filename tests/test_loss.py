@@ -1,0 +1,74 @@
+"""Eq. 12's weights: StageLoss's defaults are the paper's, and the weights of the shipped model
+config (or an override of them) are those of the module that trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from kxnet import KXNetOutput
+from kxnet.loss import StageLoss
+from kxnet.train.module import KXNetModule
+from trainhelp import compose_train
+
+PAPER = {
+    "kernel_stage_weight": 0.1,
+    "kernel_final_weight": 1.0,
+    "image_stage_weight": 0.1,
+    "image_final_weight": 1.0,
+}
+
+
+def _errors(stages: int = 3) -> tuple[KXNetOutput, torch.Tensor, torch.Tensor]:
+    """An output whose stage t has image error t and kernel error 10·t (stage 0 carries no
+    loss), and its targets."""
+    hr, kernel = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 3)
+    out = KXNetOutput(
+        images=[hr + t for t in range(stages + 1)],
+        kernels=[kernel + 10 * t for t in range(stages + 1)],
+    )
+    return out, hr, kernel
+
+
+def _eq_12(w: dict[str, float], stages: int = 3) -> float:
+    """Σ_t α_t·10t + β_t·t, with α_t, β_t the stage weights for t < T and the final ones at T."""
+    earlier = range(1, stages)
+    return (
+        w["kernel_stage_weight"] * sum(10 * t for t in earlier)
+        + w["kernel_final_weight"] * 10 * stages
+        + w["image_stage_weight"] * sum(earlier)
+        + w["image_final_weight"] * stages
+    )
+
+
+def test_the_default_weights_are_the_papers():
+    assert StageLoss()(*_errors()).total.item() == pytest.approx(_eq_12(PAPER))
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        PAPER,
+        {
+            "kernel_stage_weight": 0.3,
+            "kernel_final_weight": 2.0,
+            "image_stage_weight": 0.7,
+            "image_final_weight": 5.0,
+        },
+    ],
+    ids=["shipped", "overridden"],
+)
+def test_the_configured_weights_reach_the_module_that_trains(tmp_path, weights):
+    """The shipped model config, as it is (the paper's weights) or with model.loss overridden:
+    the module built from it computes Eq. 12 with these weights."""
+    overrides = [] if weights is PAPER else [f"model.loss.{k}={v}" for k, v in weights.items()]
+    cfg = compose_train(tmp_path, "model.net.stages=1", *overrides)
+    module = instantiate(cfg.model, _recursive_=False)
+    assert isinstance(module, KXNetModule)
+    assert module.loss(*_errors()).total.item() == pytest.approx(_eq_12(weights))
+
+
+def test_weights_must_not_be_negative():
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        StageLoss(image_stage_weight=-0.1)
