@@ -427,6 +427,34 @@ def _linked_tar() -> bytes:
     return buf.getvalue()
 
 
+def _device_tar() -> bytes:
+    """A tar whose image 000002.png is a character device (/dev/null's numbers)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        name, data = next(iter(_flickr_members().items()))
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        device = tarfile.TarInfo("Flickr2K/Flickr2K_HR/000002.png")
+        device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 1, 3
+        tf.addfile(device)
+    return buf.getvalue()
+
+
+def _declaring_tar(size: int) -> bytes:
+    """A tar whose image 000002.png declares ``size`` bytes in its header (its data cut short:
+    the header alone must be refused)."""
+    buf = io.BytesIO()
+    tf = tarfile.open(fileobj=buf, mode="w")
+    name, data = next(iter(_flickr_members().items()))
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+    header = tarfile.TarInfo("Flickr2K/Flickr2K_HR/000002.png")
+    header.size = size
+    return buf.getvalue() + header.tobuf(tarfile.GNU_FORMAT) + bytes(4096)
+
+
 def _gzip_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -461,6 +489,13 @@ def test_md5_pinned_tar_is_checked_and_a_mismatch_names_md5(server, tmp_path):
         ("sparse", _sparse_tar(4000), {}, r"000002\.png is not a plain file"),
         ("sparse bomb", _sparse_tar(200_000_000), {}, r"000002\.png is not a plain file"),
         ("symlink", _linked_tar(), {}, r"000002\.png is not a plain file"),
+        ("device", _device_tar(), {}, r"000002\.png is not a plain file"),
+        (
+            "member over the shipped cap of 64 MiB",
+            _declaring_tar(64 * 2**20 + 1),
+            {},
+            r"000002\.png declares 67\.1 MB, over the cap of 67\.1 MB",
+        ),
         ("gzip", _gzip_tar(), {}, r"gzip-compressed tar; only an uncompressed \.tar"),
         ("member over the cap", None, {"max_member_bytes": 1000}, r"declares .* over the cap"),
         (
@@ -487,6 +522,15 @@ def test_unsound_archives_are_refused_and_a_download_is_deleted(
     assert list((tmp_path / "root" / "downloads").iterdir()) == []
     assert list((tmp_path / "root" / "DIV2K_Flickr2K").iterdir()) == []
     assert _leftovers(tmp_path / "root") == []
+
+
+@pytest.mark.parametrize("key", sorted(dl.TRAIN_SETS))
+def test_the_shipped_sets_keep_the_readme_caps(key):
+    """The README's promise for every set downloaded: at most 64 MiB an image, 16 MiB times the
+    number of images in all (the 64 MiB cap is tried on an archive above)."""
+    spec = dl.TRAIN_SETS[key]
+    assert spec.max_member_bytes == 64 * 2**20
+    assert spec.total_cap == 16 * 2**20 * len(spec.names)
 
 
 def test_a_zip_member_over_the_cap_is_refused(server, tmp_path):

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from kxnet import KXNet, kernels, physics
+from kxnet.nn.proxnet import ProxNet
 
 
 @pytest.mark.parametrize(
@@ -171,13 +172,32 @@ def test_inference_can_keep_only_the_final_stage():
     torch.testing.assert_close(final.kernel, every.kernel, rtol=0, atol=0)
 
 
-def test_bfloat16_autocast_runs_only_the_proximal_networks_in_bfloat16():
+def test_bfloat16_autocast_runs_only_the_proximal_networks_in_bfloat16(monkeypatch):
     plain, fast = _twins(channels_last=True)
     lr = torch.rand(2, 3, 12, 12)
+    seen = {"proxnet": set(), "physics": set()}
+    for module in fast.modules():
+        if isinstance(module, ProxNet):
+            for conv in module.modules():
+                if isinstance(conv, torch.nn.Conv2d):
+                    conv.register_forward_hook(lambda m, i, o: seen["proxnet"].add(o.dtype))
+
+    def recording(real):
+        def recorded(*args, **kwargs):
+            out = real(*args, **kwargs)
+            seen["physics"] |= {a.dtype for a in (*args, out) if isinstance(a, torch.Tensor)}
+            return out
+
+        return recorded
+
+    for name in ("blur_downsample", "transpose_upsample", "kernel_gradient", "adjusted_gradient"):
+        monkeypatch.setattr(physics, name, recording(getattr(physics, name)))
     with torch.no_grad():
         ref = plain(lr)
+        seen["proxnet"].clear(), seen["physics"].clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = fast(lr)
+    assert seen == {"proxnet": {torch.bfloat16}, "physics": {torch.float32}}
     assert all(x.dtype == torch.float32 for x in out.images + out.kernels)
     torch.testing.assert_close(out.kernel.sum((1, 2)), torch.ones(2))
     assert (out.kernel >= 0).all()
