@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format train notebooks bench bench-gpu data clean
+.PHONY: help install test test-full lint format mutants train notebooks bench bench-gpu data clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -31,6 +31,10 @@ test-full: install ## Run every test, the slow ones included
 lint: install ## Check style with ruff
 	$(PY) -m ruff check src tests experiments notebooks
 	$(PY) -m ruff format --check src tests experiments notebooks
+
+MODULES ?=
+mutants: install ## Mutation testing of the paper's and the promises' modules, a score each (MODULES="physics loss": some)
+	nice -n 10 $(PY) tests/mutants.py $(MODULES)
 
 format: install ## Format the code with ruff
 	$(PY) -m ruff check --fix src tests experiments notebooks
