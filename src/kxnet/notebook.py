@@ -2,6 +2,8 @@
 
 The network comes from the environment variable ``KXNET_CHECKPOINT``:
 
+- a model name (:mod:`kxnet.models`): ``official/setting2_x4`` (the authors' model, fetched once
+  into the cache), ``latest`` or ``latest/<preset>``;
 - a file path, relative ones taken against the project root: any checkpoint that
   :func:`kxnet.checkpoint.load_model` reads (a Lightning ``.ckpt``, an exported ``weights.pt``,
   the authors' ``.pth``);
@@ -24,6 +26,8 @@ import torch
 
 from kxnet.checkpoint import load_model
 from kxnet.config import project_root, resolve_path
+from kxnet.models import is_name
+from kxnet.models import load_model as load_named
 from kxnet.nn import KXNet
 
 __all__ = [
@@ -90,6 +94,12 @@ def notebook_model(
     when there is no checkpoint, which also raises an :class:`UntrainedModelWarning`.
     """
     spec = (os.environ.get(CHECKPOINT_ENV, "") if checkpoint is None else checkpoint).strip()
+    if is_name(spec):
+        model = load_named(spec, setting=setting)
+        return model, (
+            f"{spec}: x{model.scale}, setting {model.setting}, {model.num_stages} stages, "
+            f"p = {model.kernel_size}"
+        )
     path = None
     if spec and spec != UNTRAINED:
         path = resolve_path(spec)

@@ -167,8 +167,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return file_digest(path, "sha256", chunk)
 
 
-def _fetch_once(url: str, part: Path, timeout: float, report: Report) -> int | None:
-    """Append what is missing of ``url`` to ``part``; the total size if the server says it."""
+def _fetch_once(
+    url: str, part: Path, timeout: float, report: Report, progress_s: float = 10.0
+) -> int | None:
+    """Append what is missing of ``url`` to ``part``, reporting the progress every
+    ``progress_s`` seconds; the total size if the server says it."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -200,7 +203,7 @@ def _fetch_once(url: str, part: Path, timeout: float, report: Report) -> int | N
             while block := response.read(1 << 20):
                 out.write(block)
                 done += len(block)
-                if time.monotonic() - shown > 10:
+                if time.monotonic() - shown > progress_s:
                     shown = time.monotonic()
                     of = f" of {_mb(total)} ({100 * done / total:.0f}%)" if total else ""
                     report(f"  {part.name}: {_mb(done)}{of}")
@@ -219,8 +222,10 @@ def download_file(
     backoff: float = 2.0,
     timeout: float = 60.0,
     report: Report = print,
+    progress_s: float = 10.0,
 ) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming what an earlier try left.
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming what an earlier try left;
+    a progress line every ``progress_s`` seconds.
 
     A broken transfer is retried ``retries`` times (resuming with an HTTP Range request; a server
     without range support restarts it). ``dest`` appears only once the transfer is complete and,
@@ -232,7 +237,7 @@ def download_file(
         part.unlink()
     for attempt in range(retries + 1):
         try:
-            total = _fetch_once(url, part, timeout, report)
+            total = _fetch_once(url, part, timeout, report, progress_s)
             break
         except (OSError, http.client.HTTPException) as err:
             if isinstance(err, urllib.error.HTTPError) and err.code < 500:

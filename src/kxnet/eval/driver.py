@@ -53,6 +53,7 @@ from kxnet.eval.evaluation import (
 )
 from kxnet.hardware import PRECISIONS
 from kxnet.metrics import psnr
+from kxnet.models import resolve_weights
 from kxnet.nn import KXNet
 from kxnet.pictures import comparison_strip, kernel_strip
 
@@ -205,6 +206,7 @@ def run_evaluation(
     options: EvalOptions,
     *,
     ckpt_path: str | None = None,
+    weights: str | None = None,
     command: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -221,6 +223,7 @@ def run_evaluation(
             "setting": model.setting,
             "parameters": model.paper_parameter_count(),
             "ckpt_path": ckpt_path,
+            "weights": weights,
             "true_kernel": options.true_kernel,
         },
         "noise": list(sets[0].noise) if sets else [],
@@ -327,16 +330,23 @@ def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
 
 
 def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") -> KXNet:
-    """The network of ``ckpt_path`` (checked against the command line), or bicubic for
-    ``model.net.stages=0`` without a checkpoint; raises CheckpointError or EvalError."""
+    """The network of ``weights`` (a model name) or ``ckpt_path`` (checked against the command
+    line), or bicubic for ``model.net.stages=0`` without either; raises CheckpointError,
+    DownloadError or EvalError."""
     net = cfg.model.net
+    if cfg.get("weights"):
+        path, expect = resolve_weights(
+            cfg.weights, _asked(cfg, overrides), cfg.setting.name, cfg.scale, cfg.get("ckpt_path")
+        )
+        return load_model(path, map_location=device, **expect)
     if cfg.get("ckpt_path"):
         path = resolve_path(cfg.ckpt_path)
         return load_model(path, map_location=device, **_asked(cfg, overrides))
     if net.stages != 0:
         raise EvalError(
-            f"model.net.stages={net.stages} without ckpt_path would evaluate an untrained "
-            "network: pass ckpt_path=… or set model.net.stages=0 for the bicubic baseline"
+            f"model.net.stages={net.stages} without ckpt_path or weights would evaluate an "
+            "untrained network: pass ckpt_path=FILE, weights=NAME (e.g. weights=official) or "
+            "set model.net.stages=0 for the bicubic baseline"
         )
     return KXNet(cfg.scale, 0, kernel_size=net.kernel_size, setting=cfg.setting.name)
 
@@ -366,9 +376,18 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         markup=False,
     )
     ckpt = str(resolve_path(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    weights = str(cfg.weights) if cfg.get("weights") else None
     command = shlex.join(["python", "-m", "kxnet.eval", *overrides])
     payload = run_evaluation(
-        model, sets, device, output_dir, options, ckpt_path=ckpt, command=command, console=console
+        model,
+        sets,
+        device,
+        output_dir,
+        options,
+        ckpt_path=ckpt,
+        weights=weights,
+        command=command,
+        console=console,
     )
     print(report.results_markdown(report.result_rows(payload)), flush=True)
     written = ", ".join(report.run_files(payload))

@@ -55,6 +55,7 @@ from kxnet.data.images import (
 )
 from kxnet.errors import USER_ERRORS, ImageReadError, PredictError, report_error
 from kxnet.hardware import PRECISIONS, inference_autocast
+from kxnet.models import resolve_weights
 from kxnet.nn.kxnet import KXNet
 from kxnet.pictures import kernel_strip, text_band
 from kxnet.predict.png import PngStreamWriter
@@ -550,14 +551,24 @@ def summary(results: Sequence[ImageResult], failures: Sequence[Failure], output_
 
 
 def _model(cfg: DictConfig, overrides: Sequence[str], device: torch.device) -> KXNet:
-    if cfg.ckpt_path:
+    if cfg.get("weights"):
+        path, expect = resolve_weights(
+            cfg.weights,
+            asked_properties(cfg, overrides),
+            cfg.setting.name,
+            cfg.scale,
+            cfg.ckpt_path,
+        )
+        model = load_model(path, map_location=device, **expect)
+    elif cfg.ckpt_path:
         path = Path(str(cfg.ckpt_path)).expanduser().absolute()
         model = load_model(path, map_location=device, **asked_properties(cfg, overrides))
     elif cfg.model.net.stages == 0:
         model = KXNet(cfg.scale, 0, kernel_size=cfg.model.net.kernel_size, setting=cfg.setting.name)
     else:
         raise PredictError(
-            "ckpt_path is not set: pass a checkpoint (ckpt_path=…) or model.net.stages=0 for the "
+            "ckpt_path is not set: pass a checkpoint (ckpt_path=…), a model name "
+            "(weights=official/setting2_x4, weights=latest) or model.net.stages=0 for the "
             "bicubic baseline"
         )
     return model.to(device).eval()
