@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -318,3 +319,47 @@ def test_paper_table1_on_the_official_models_fills_the_table(server, tmp_path):
     jobs = [json.loads((sweep / str(n) / "results.json").read_text()) for n in range(3)]
     assert sorted(j["config"]["weights"] for j in jobs) == ["official"] * 3
     assert sorted(j["config"]["scale"] for j in jobs) == [2, 3, 4]
+
+
+def _eval(overrides: list[str]) -> int:
+    from hydra import compose, initialize_config_module
+
+    from kxnet.eval import driver
+
+    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    return driver.run(cfg, overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["weights=official/setting1_x2", "scale=4"], "is Setting 1 (iso), x2"),
+        (["weights=official/setting2_x4", "setting=iso"], "setting=iso was asked"),
+        (["weights=official/setting1_x2", "model.net.stages=5"], "model.net.stages=5"),
+        (["weights=official/setting1_x2", "ckpt_path=a.pt"], "both name a model"),
+        (["weights=official/nothing"], "is not a model name"),
+    ],
+)
+def test_a_contradicting_command_line_is_one_line_exit_2(server, capsys, overrides, message):
+    assert _eval([*overrides, "eval.device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and message in err
+    assert server.requests == []
+
+
+def test_predict_takes_a_name_and_a_download_failure_is_one_line(server, capsys, tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from kxnet.predict import prediction
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (24, 24), (120, 60, 30)).save(image)
+    del server.files["KXNet_setting2_x2.pth"]
+    overrides = ["weights=official/setting2_x2", f"input={image}", f"output={tmp_path / 'out'}"]
+    with initialize_config_module("kxnet.conf.predict", version_base="1.3"):
+        cfg = compose("predict", overrides=[*overrides, "device=cpu"])
+    assert prediction.run(cfg, overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "HTTP 404" in err and RELEASE in err
+    assert not (tmp_path / "out").exists()
