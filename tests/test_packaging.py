@@ -1,5 +1,6 @@
 """The package outside its checkout: the console scripts, each command's own ``--help``, and
-(slow) a wheel installed into a fresh virtual environment, run from an empty folder."""
+(slow) a wheel installed into a fresh virtual environment, run from an empty folder with no data
+option (the bundled T91, Set5 and Set14 ship inside the package)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kxnet.config import APPS, config_groups, project_root
+from kxnet.data.download import verify_benchmarks
 
 REPO = project_root()
 SCRIPTS = {f"kxnet-{app}": app for app in (*APPS, "data")}
@@ -98,7 +100,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
     # Build from a copy, so that the checkout gets no build/ or egg-info of it.
     source = tmp_path / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for folder in ("src", "conf"):
+    for folder in ("src", "conf", "data"):
         shutil.copytree(REPO / folder, source / folder, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
@@ -114,7 +116,13 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
     configs = {f"kxnet/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*")}
     configs = {n for n in configs if n.endswith((".yaml", "__init__.py"))}
     assert configs <= names, sorted(configs - names)
-    assert {"kxnet/eval/paper_tables.json", "kxnet/data/__init__.py"} <= names
+    assert {"kxnet/eval/paper_tables.json", "kxnet/data/__init__.py", "kxnet/models.json"} <= names
+    bundled = {
+        f"kxnet/bundled/{p.relative_to(REPO / 'data')}"
+        for sub in ("train/T91", "benchmarks/Set5", "benchmarks/Set14")
+        for p in (REPO / "data" / sub).glob("*.png")
+    }
+    assert len(bundled) == 91 + 5 + 14 and bundled <= names, sorted(bundled - names)
 
     # A fresh venv that sees the dev venv's packages (torch, …) through a .pth file, but not
     # its editable kxnet: a folder named in a .pth file is not searched for .pth files itself.
@@ -145,6 +153,9 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
     where = output("import kxnet, kxnet.config as c; print(kxnet.__file__, c.project_root())")
     package, root = (Path(p) for p in where.split())
     assert package.resolve().is_relative_to(site) and root == empty.resolve()
+    # The shipped Set5 and Set14 are the published HR images, pixel for pixel.
+    shipped = site / "kxnet" / "bundled" / "benchmarks"
+    assert verify_benchmarks(shipped, ("Set5", "Set14")) == {"Set5": 5, "Set14": 14}
     # Every command's groups come from the installed package, the same as the checkout's.
     listed = output("import kxnet.config as c; print({a: c.config_groups(a) for a in c.APPS})")
     assert listed == str({app: config_groups(app) for app in APPS})
@@ -154,7 +165,6 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
         [
             str(venv / "bin" / "kxnet-train"),
             "debug=default",
-            f"paths.data_dir={REPO / 'data'}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             "trainer.max_steps=4",
             "trainer.val_check_interval=2",

@@ -1,12 +1,16 @@
 """`kxnet.train` end to end on the CPU: fast_dev_run for every setting and scale, exact resume,
 the bicubic S = 0 job, pictures for each logger, W&B offline by default, the paper command under
-a debug limit, DDP with two gloo processes, and (slow) a two-job multirun with DDP."""
+a debug limit (its offline W&B run holding the exported weights as a model artifact), DDP with
+two gloo processes, and (slow) a two-job multirun with DDP."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import struct
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from wandb.proto import wandb_internal_pb2
 
 from kxnet import KXNet
 from kxnet.atomic import SHARED_AGE_S
@@ -216,6 +221,28 @@ def _wandb_runs(run: Path) -> list[Path]:
     return sorted((run / "wandb").glob("offline-run-*"))
 
 
+def _wandb_records(run_file: Path) -> list[wandb_internal_pb2.Record]:
+    """The records of an offline W&B run file (``run-<id>.wandb``): a 7-byte header, then
+    LevelDB's log format (32 KiB blocks of chunks, each with a 7-byte header: CRC, length and
+    type, 1 = whole, 2/3/4 = first/middle/last part) holding one protobuf ``Record`` each."""
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
 def test_paper_command_runs_a_step_and_checkpoints(tmp_path, tiny_benchmark):
     result = run_train(
         [
@@ -249,6 +276,22 @@ def test_paper_command_runs_a_step_and_checkpoints(tmp_path, tiny_benchmark):
     (wandb_run,) = _wandb_runs(tmp_path)
     images = {p.parent.name + "/" + p.name.split("_")[0] for p in wandb_run.rglob("*.png")}
     assert {"pictures/0", "kernels/0"} <= images
+    # The exported weights are the run's model artifact, their properties and figures with them.
+    (run_file,) = wandb_run.glob("run-*.wandb")
+    records = _wandb_records(run_file)
+    (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert (artifact.type, artifact.name) == ("model", "kxnet-debug-aniso-x4-S2")
+    metadata = json.loads(artifact.metadata)
+    assert {k: metadata[k] for k in ("scale", "stages", "kernel_size", "setting")} == {
+        "scale": 4,
+        "stages": 2,
+        "kernel_size": 21,
+        "setting": "aniso",
+    }
+    assert metadata["metrics"]["val/psnr"] > 0 and metadata["parameters"] > 0
+    (entry,) = artifact.manifest.contents
+    md5 = base64.b64encode(hashlib.md5((tmp_path / "weights.pt").read_bytes()).digest())
+    assert (entry.path, entry.digest) == ("weights.pt", md5.decode())
 
 
 def _launches(output: str) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "format_config_groups",
     "project_root",
     "resolve_path",
+    "bundled_path",
     "register_resolvers",
     "run_id",
     "check_command_line",
@@ -102,6 +103,21 @@ def resolve_path(path: str | os.PathLike | None, root: str | os.PathLike | None 
     return p if p.is_absolute() else (Path(root) if root else project_root()) / p
 
 
+# Where an installed kxnet keeps the bundled T91, Set5 and Set14 (the checkout's data/, shipped
+# as package data).
+PACKAGED_DATA = Path(__file__).resolve().with_name("bundled")
+
+
+def bundled_path(data_dir: str | os.PathLike, sub: str) -> str:
+    """``<data_dir>/<sub>`` (``train``, ``benchmarks``) when that folder exists, else the copy
+    shipped inside the package (an installed kxnet run from a folder without ``data/``), else
+    ``<data_dir>/<sub>`` still, for the start-up checks to name."""
+    wanted = Path(str(data_dir)) / sub
+    if resolve_path(wanted).is_dir() or not (PACKAGED_DATA / sub).is_dir():
+        return str(wanted)
+    return str(PACKAGED_DATA / sub)
+
+
 def run_id() -> str:
     """A short name part that no other run shares: this process's id (unique among the runs of
     one machine at a time) and 16 random bits (apart between machines), in hex."""
@@ -109,13 +125,15 @@ def run_id() -> str:
 
 
 def register_resolvers() -> None:
-    """``${kx.root:}``, ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
+    """``${kx.root:}``, ``${kx.bundled:DATA_DIR,SUB}`` (:func:`bundled_path`),
+    ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
     ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``,
     ``${kx.config_groups:APP}`` (the help's list of groups) and ``${kx.run_id:}``
     (:func:`run_id`, drawn once per config: cached, and copied by Hydra into every job of a
     sweep, so that a run's folder name is the same wherever it is read)."""
     resolvers = {
         "kx.root": lambda: str(project_root()),
+        "kx.bundled": lambda data_dir, sub: bundled_path(data_dir, str(sub)),
         "kx.cpu_precision": hardware.cpu_precision,
         "kx.config_groups": lambda app: format_config_groups(str(app)),
         "kx.kernel_size": lambda setting, scale: kernels.kernel_size(str(setting), int(scale)),

@@ -1,6 +1,7 @@
 """What the training run hands its loggers: the W&B mode, one W&B run per job, pictures in each
-logger's own way (W&B ``log_image``, TensorBoard ``add_image``, PNG files for CSV) and histograms
-where a logger shows them (``wandb.Histogram``, TensorBoard ``add_histogram``)."""
+logger's own way (W&B ``log_image``, TensorBoard ``add_image``, PNG files for CSV), histograms
+where a logger shows them (``wandb.Histogram``, TensorBoard ``add_histogram``) and the exported
+weights as a W&B model artifact."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["default_wandb_mode", "finish_wandb", "log_histograms", "log_picture"]
+__all__ = [
+    "default_wandb_mode",
+    "finish_wandb",
+    "log_histograms",
+    "log_picture",
+    "log_weights",
+]
 
 
 def default_wandb_mode() -> str:
@@ -97,3 +104,16 @@ def log_histograms(
         elif isinstance(logger, TensorBoardLogger):
             for key, value in finite.items():
                 logger.experiment.add_histogram(key, value, global_step=step)
+
+
+def log_weights(loggers: Iterable[Logger], path: Path, name: str, metadata: Mapping) -> None:
+    """Log the exported weights file to every W&B logger as an artifact of type ``model`` named
+    ``name``, with ``metadata`` (the model's properties, its final figures), so that the run
+    links to its weights; offline runs hold it until ``wandb sync`` (call on rank 0 only)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            artifact = wandb.Artifact(name, type="model", metadata=dict(metadata))
+            artifact.add_file(str(path), name=path.name)
+            logger.experiment.log_artifact(artifact)

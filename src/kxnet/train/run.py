@@ -21,14 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from kxnet import hardware
 from kxnet.atomic import SHARED_AGE_S, remove_leftovers
-from kxnet.checkpoint import read_checkpoint, safe_loading, save_weights
+from kxnet.checkpoint import model_config, read_checkpoint, safe_loading, save_weights
 from kxnet.config import resolve_path
 from kxnet.errors import StartupError
 from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
 from kxnet.train.callbacks import RankSeed
 from kxnet.train.checks import check_train, check_training_data
-from kxnet.train.loggers import default_wandb_mode, finish_wandb
+from kxnet.train.loggers import default_wandb_mode, finish_wandb, log_weights
 from kxnet.train.module import KXNetModule
 from kxnet.train.progress import report
 
@@ -121,6 +121,38 @@ def _own_best(trainer: pl.Trainer) -> str:
     return ""
 
 
+def _artifact_name(cfg: DictConfig, module: KXNetModule) -> str:
+    """The W&B model artifact's name: ``kxnet-<task>-<setting>-x<scale>-S<stages>``."""
+    net = module.net
+    return f"kxnet-{cfg.task_name}-{net.setting}-x{net.scale}-S{net.num_stages}"
+
+
+def _artifact_metadata(
+    cfg: DictConfig, module: KXNetModule, metrics: dict, summary: list[dict], exported: str | None
+) -> dict:
+    """The model's properties (what rebuilds it), its parameter count, the final validation and
+    test figures and the evaluation beside bicubic (PSNR/SSIM-Y per set, scale and noise)."""
+    figures = {}
+    for key, value in metrics.items():
+        if key.startswith(("val/", "test/")) and getattr(value, "numel", lambda: 1)() == 1:
+            figures[key] = float(value)
+    evaluation = {
+        f"{row['dataset']}/x{row['scale']}/noise{row['noise']:g}": {
+            "psnr_y": row["psnr_y"],
+            "ssim_y": row["ssim_y"],
+        }
+        for row in summary
+    }
+    return {
+        **model_config(module.net),
+        "parameters": module.net.paper_parameter_count(),
+        "task": str(cfg.task_name),
+        "exported": "best on validation" if exported else "final",
+        "metrics": figures,
+        "evaluation": evaluation,
+    }
+
+
 def train(cfg: DictConfig) -> float | None:
     """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
     paper reports, or the best on validation), export its weights and (with ``cfg.eval``)
@@ -179,11 +211,19 @@ def train(cfg: DictConfig) -> float | None:
             what = f"the best on validation, {exported}" if exported else "the final model"
             kept = f"; the best on validation is kept: {best}" if best and not exported else ""
             log.info("Weights of %s written to %s%s", what, weights, kept)
+            summary: list[dict] = []
             if evaluation is not None:
                 out = Path(cfg.paths.output_dir) / "eval"
-                table, _ = evaluate_beside_bicubic(module.net, evaluation, out)
+                table, payloads = evaluate_beside_bicubic(module.net, evaluation, out)
                 report(log, f"Evaluation of the exported weights beside bicubic:\n{table}")
                 log.info("evaluation written to %s (results.json, bicubic/, pictures/)", out)
+                summary = payloads["kxnet"]["summary"]
+            log_weights(
+                trainer.loggers,
+                weights,
+                _artifact_name(cfg, module),
+                _artifact_metadata(cfg, module, metrics, summary, exported),
+            )
         finished = True
     finally:
         ddp.release(trainer, wait=finished)
