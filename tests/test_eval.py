@@ -133,6 +133,7 @@ def test_weights_file_gives_the_table_files_with_their_rows_and_columns(
         "setting": "aniso",
         "parameters": KXNet(2, 1, setting="aniso").paper_parameter_count(),
         "ckpt_path": None,
+        "weights": None,
         "true_kernel": False,
     }
     records = payload["records"]

@@ -186,7 +186,7 @@ def test_404_is_one_line_naming_the_release_and_ckpt_path(server, tmp_path):
 
 def test_a_wrong_size_is_one_line_and_nothing_is_kept(server, tmp_path, fixture_registry):
     fixture_registry["models"]["official/setting2_x2"]["bytes"] = len(FIXTURE_BYTES) + 1
-    assert "expected" in _fails()
+    assert "pinned" in _fails()
     assert _kept(tmp_path) == []
 
 
@@ -342,7 +342,7 @@ def _eval(overrides: list[str]) -> int:
     ],
 )
 def test_a_contradicting_command_line_is_one_line_exit_2(server, capsys, overrides, message):
-    assert _eval([*overrides, "eval.device=cpu"]) == 2
+    assert _eval([*overrides, "eval.device=cpu", "eval.datasets=[Set5]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and message in err
     assert server.requests == []
@@ -363,3 +363,14 @@ def test_predict_takes_a_name_and_a_download_failure_is_one_line(server, capsys,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "HTTP 404" in err and RELEASE in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_notebooks_take_a_name_in_kxnet_checkpoint(server, fixture_registry, monkeypatch):
+    from kxnet.notebook import notebook_model
+
+    monkeypatch.setenv("KXNET_CHECKPOINT", "official/setting2_x2")
+    model, source = notebook_model()
+    assert source.startswith("official/setting2_x2: x2, setting aniso, 2 stages")
+    assert (model.scale, model.num_stages, model.kernel_size) == (2, 2, 11)
+    with pytest.raises(StartupError, match="setting=iso was asked"):
+        notebook_model(setting="iso")

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from kxnet.atomic import atomic_write
 from kxnet.data.download import download_file, sha256_file
-from kxnet.errors import DownloadError, TransferError
+from kxnet.errors import DownloadError
 
 __all__ = ["CACHE_ENV", "Download", "cache_dir", "fetch", "say"]
 
@@ -113,27 +113,19 @@ def _download(item: Download, path: Path, record: Path, report: Callable[[str], 
     report(f"Downloading {item.url} into {path.parent}")
     try:
         download_file(
-            item.url,
-            path,
-            item.bytes,
-            retries=RETRIES,
-            backoff=BACKOFF_S,
-            report=report,
-            progress_s=1.0,
+            item.url, path, retries=RETRIES, backoff=BACKOFF_S, report=report, progress_s=1.0
         )
-    except TransferError as err:  # what was received is kept, to resume
+    except DownloadError as err:  # a broken transfer keeps its .part, to resume
         raise _fail(item, str(err)) from err
-    except DownloadError as err:  # refused by the server, or not the size pinned: nothing kept
-        path.with_name(f"{path.name}.part").unlink(missing_ok=True)
-        raise _fail(item, str(err)) from err
-    digest = sha256_file(path)
-    if item.sha256 and digest != item.sha256.lower():
+    size, digest = path.stat().st_size, sha256_file(path)
+    problem = None
+    if item.bytes is not None and size != item.bytes:
+        problem = f"{size:,} bytes received, {item.bytes:,} pinned"
+    elif item.sha256 and digest != item.sha256.lower():
+        problem = f"SHA256 {digest} differs from the pinned {item.sha256}"
+    if problem:
         path.unlink()
-        raise _fail(
-            item,
-            f"{item.url}: SHA256 {digest} differs from the pinned {item.sha256}; the download "
-            "was deleted",
-        )
+        raise _fail(item, f"{item.url}: {problem}; the download was deleted")
     atomic_write(record, f"{digest}  {item.file}\n")
-    report(f"{item.file}: {path.stat().st_size:,} bytes, SHA256 {digest}, recorded in {record}")
+    report(f"{item.file}: {size:,} bytes, SHA256 {digest}, recorded in {record}")
     return path
