@@ -303,7 +303,7 @@ def test_paper_table1_on_the_official_models_fills_the_table(server, tmp_path):
         + [f"paths.benchmark_dir={bench}", f"paths.cache_dir={tmp_path / 'lr'}"]
         + [f"hydra.sweep.dir={sweep}", "eval.datasets=[Set5]", "eval.num_workers=0"]
         + ["eval.progress=false", "eval.warmup=0", "eval.device=cpu"],
-        env={**os.environ},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread: S = 19 on tiny images
         capture_output=True,
         text=True,
         timeout=600,
