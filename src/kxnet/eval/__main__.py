@@ -4,8 +4,10 @@
     python -m kxnet.eval ckpt_path=KXNet_setting2_x4.pth setting=aniso eval.true_kernel=true
     python -m kxnet.eval model.net.stages=0 setting=aniso scale=4  # the Bicubic rows
     python -m kxnet.eval paper=table2 model.net.stages=0           # Table 2 (a multirun)
+    python -m kxnet.eval paper=table1 weights=official             # on the authors' models
 
-With ``ckpt_path`` (a Lightning checkpoint, exported weights or the authors' ``.pth``) the scale,
+With ``ckpt_path`` (a Lightning checkpoint, exported weights or the authors' ``.pth``), or
+``weights`` (a model name: ``official/setting2_x4``, ``official``, ``latest``), the scale,
 stage count, kernel size and setting are the checkpoint's; a ``scale``, ``setting``,
 ``model.net.stages`` or ``model.net.kernel_size`` given on the command line must agree with it.
 Every (image, kernel, noise) item of the setting's test sets is run once, one image per batch, and
