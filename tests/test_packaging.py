@@ -181,3 +181,20 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_an_empty_folder(tmp_path
     assert (run / "weights.pt").is_file() and (run / "train.log").is_file()
     assert "step 4/4" in (run / "train.log").read_text()
     assert sorted(p.name for p in empty.iterdir()) == ["outputs"]
+
+
+def test_bundled_data_is_the_data_folder_where_there_is_one_else_the_packaged_copy(
+    tmp_path, monkeypatch
+):
+    from kxnet import config
+
+    packaged = tmp_path / "site" / "kxnet" / "bundled"
+    (packaged / "train").mkdir(parents=True)
+    monkeypatch.setattr(config, "PACKAGED_DATA", packaged)
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    assert config.bundled_path(tmp_path / "mine", "train") == str(tmp_path / "mine" / "train")
+    assert config.bundled_path(tmp_path / "none", "train") == str(packaged / "train")
+    # Neither: the configured folder, for the start-up check to name.
+    assert config.bundled_path(tmp_path / "none", "benchmarks") == str(
+        tmp_path / "none" / "benchmarks"
+    )
