@@ -202,7 +202,7 @@ def test_a_sha256_mismatch_is_one_line_and_nothing_is_kept(server, tmp_path, mon
 def test_offline_is_one_line(server, monkeypatch):
     server.shutdown()
     server.server_close()
-    assert "interrupted" in _fails()
+    assert "interrupted" in _fails() and "nothing received" in _fails()
 
 
 def test_an_unusable_cache_is_one_line(server, monkeypatch, tmp_path):

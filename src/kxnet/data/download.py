@@ -246,9 +246,10 @@ def download_file(
                 ) from err
             saved = part.stat().st_size if part.exists() else 0
             if attempt == retries:
+                kept = f"{saved:,} bytes kept in {part}" if saved else "nothing received"
                 raise TransferError(
-                    f"{url}: download interrupted ({err}); {saved:,} bytes kept in {part}: "
-                    "run the same command again to resume"
+                    f"{url}: download interrupted ({err}); {kept}: run the same command again "
+                    "to resume"
                 ) from err
             report(f"  {dest.name}: transfer broke ({err}), retrying ({attempt + 1}/{retries})")
             time.sleep(backoff * 2**attempt)
