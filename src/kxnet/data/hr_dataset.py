@@ -149,7 +149,9 @@ def find_training_images(
         raise ValueError(f"check must be one of {', '.join(CHECKS)}, not {check!r}")
     root = Path(root)
     usable, small, errors = _headers(root, patch_size, threads, hint)
-    if check != "header":
+    if check != "header" and is_prepared(root):
+        prepared_images(root, check)  # each array against its manifest entry
+    elif check != "header":
         errors += scan_images([i.path for i in usable], check, threads)[1]
     _conclude(root, patch_size, usable, small, errors)
     return usable
