@@ -90,6 +90,32 @@ def files(tmp_path_factory) -> dict[str, Path]:
     torch.save(
         _training_checkpoint(net, {**config, "scale": "${oc.env:KXNET_TEST_SECRET}"}), secret
     )
+    crafted = {}  # exported weights whose stored config or weights are not to be believed
+    for key, change in {
+        "stages_half": {"stages": 1.5},
+        "stages_negative": {"stages": -1},
+        "stages_huge": {"stages": 10**9},
+        "kernel_text": {"kernel_size": "11"},
+        "kernel_huge": {"kernel_size": 2**31 + 1},
+        "scale_bool": {"scale": True},
+        "setting_number": {"setting": 3},
+        "stages_unlike_weights": {"stages": 4},
+    }.items():
+        crafted[key] = root / f"{key}.pt"
+        payload = torch.load(weights, weights_only=True)
+        payload["config"] = {**payload["config"], **change}
+        torch.save(payload, crafted[key])
+    for key, value in {"nan_weight": float("nan"), "inf_weight": float("inf")}.items():
+        crafted[key] = root / f"{key}.pt"
+        payload = torch.load(weights, weights_only=True)
+        payload["state_dict"]["stages.0.knet.gamma"] = torch.tensor(value)
+        torch.save(payload, crafted[key])
+    crafted["resume_half"] = root / "resume_half.ckpt"
+    torch.save(_training_checkpoint(net, {**config, "stages": 1.5}), crafted["resume_half"])
+    spoilt = _training_checkpoint(net, config)
+    spoilt["state_dict"]["net.aux_k"] = torch.full_like(spoilt["state_dict"]["net.aux_k"], 1e400)
+    crafted["resume_inf"] = root / "resume_inf.ckpt"
+    torch.save(spoilt, crafted["resume_inf"])
     truncated = root / "truncated.pt"
     truncated.write_bytes(weights.read_bytes()[:1000])
     (root / "empty").mkdir()
@@ -117,6 +143,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "linked": linked,
         "flickr": flickr,
         "missing": root / "nowhere",
+        **crafted,
     }
 
 
@@ -184,6 +211,17 @@ CASES = {
         ["ckpt_path={weights}", "setting=aniso"],
         r"ckpt_path={weights} is not a training checkpoint",
     ),
+    "train: resume a checkpoint whose config says stages=1.5": (
+        "train",
+        ["ckpt_path={resume_half}", "setting=aniso", "scale=2", "model.net.stages=1"],
+        r"ckpt_path={resume_half}: its stored hyper_parameters\.net\.stages=1\.5 is not an "
+        r"integer 0 to 1000",
+    ),
+    "train: resume a checkpoint with infinite weights": (
+        "train",
+        ["ckpt_path={resume_inf}", "setting=aniso", "scale=2", "model.net.stages=1"],
+        r"ckpt_path={resume_inf}: weight net\.aux_k holds 2904 non-finite value\(s\)",
+    ),
     # python -m kxnet.eval
     "eval: scale": ("eval", ["scale=5"], r"scale=5 is not a KXNet scale"),
     "eval: scale, bicubic": ("eval", ["scale=5", "model.net.stages=0"], r"scale=5 is not a"),
@@ -212,6 +250,26 @@ CASES = {
         "eval",
         ["ckpt_path={weights}", "scale=3"],
         r"{weights}: checkpoint has scale=2 but scale=3 was asked for",
+    ),
+    "eval: checkpoint whose config says stages=1.5": (
+        "eval",
+        ["ckpt_path={stages_half}"],
+        r"{stages_half}: its stored config\.stages=1\.5 is not an integer 0 to 1000",
+    ),
+    "eval: checkpoint of a billion stages": (
+        "eval",
+        ["ckpt_path={stages_huge}"],
+        r"{stages_huge}: its stored config\.stages=1000000000 is not an integer 0 to 1000",
+    ),
+    "eval: checkpoint whose config differs from its weights": (
+        "eval",
+        ["ckpt_path={stages_unlike_weights}"],
+        r"its stored config says stages=4 but its weights hold stages=1",
+    ),
+    "eval: checkpoint with a NaN weight": (
+        "eval",
+        ["ckpt_path={nan_weight}"],
+        r"{nan_weight}: weight stages\.0\.knet\.gamma holds 1 non-finite value",
     ),
     "eval: device": ("eval", ["eval.device=tpu"], r"eval\.device=tpu is not a device"),
     "eval: no such test set": (
@@ -272,6 +330,36 @@ CASES = {
         "predict",
         ["ckpt_path={evil}", "input={images}"],
         r"{evil}: holds code \(posix\.system",
+    ),
+    "predict: checkpoint of negative stages": (
+        "predict",
+        ["ckpt_path={stages_negative}", "input={images}"],
+        r"{stages_negative}: its stored config\.stages=-1 is not an integer 0 to 1000",
+    ),
+    "predict: checkpoint whose kernel size is text": (
+        "predict",
+        ["ckpt_path={kernel_text}", "input={images}"],
+        r"{kernel_text}: its stored config\.kernel_size='11' is not an odd integer 1 to 101",
+    ),
+    "predict: checkpoint of a huge kernel": (
+        "predict",
+        ["ckpt_path={kernel_huge}", "input={images}"],
+        r"config\.kernel_size=2147483649 is not an odd integer",
+    ),
+    "predict: checkpoint whose scale is a bool": (
+        "predict",
+        ["ckpt_path={scale_bool}", "input={images}"],
+        r"{scale_bool}: its stored config\.scale=True is not 2, 3 or 4",
+    ),
+    "predict: checkpoint whose setting is a number": (
+        "predict",
+        ["ckpt_path={setting_number}", "input={images}"],
+        r"its stored config\.setting=3 is not iso or aniso",
+    ),
+    "predict: checkpoint with an infinite weight": (
+        "predict",
+        ["ckpt_path={inf_weight}", "input={images}"],
+        r"{inf_weight}: weight stages\.0\.knet\.gamma holds 1 non-finite value",
     ),
     "predict: device": (
         "predict",

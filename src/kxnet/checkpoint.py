@@ -13,8 +13,11 @@ Files are read with ``torch.load(weights_only=True)`` (tensors, plain containers
 configs only), so loading a file cannot run code: one that holds code (a pickled function or
 class, such as ``posix.system``) is refused as such. A stored config is never resolved (an
 OmegaConf interpolation could read environment variables or files): one that holds an
-interpolation is refused. Every failure is a :class:`~kxnet.errors.CheckpointError` whose
-one-line message names the file, what is wrong and how to fix it.
+interpolation is refused. Every number read from the file is input: the stored config's values
+are checked for type and range (:func:`check_net_config`) and against the weights (stage count,
+kernel size) before a network is built, and weights that are not finite (NaN, inf) are refused.
+Every failure is a :class:`~kxnet.errors.CheckpointError` whose one-line message names the file,
+what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from kxnet.official import convert_official_state_dict, load_official
 __all__ = [
     "WEIGHTS_FORMAT",
     "CONFIG_KEYS",
+    "MAX_STAGES",
+    "MAX_KERNEL_SIZE",
+    "check_finite",
+    "check_net_config",
     "OPTIONS",
     "lightning_net_config",
     "load_model",
@@ -61,6 +68,13 @@ OPTIONS = {
     "stages": "model.net.stages",
     "kernel_size": "model.net.kernel_size",
 }
+# The largest stored stage count and kernel size believed before the weights are looked at (the
+# paper's networks have 19 stages and 11 to 21 pixel kernels).
+MAX_STAGES = 1000
+MAX_KERNEL_SIZE = 101
+_DAMAGED = (
+    "the file is damaged or not a KXNet checkpoint; re-save it with kxnet.checkpoint.save_weights"
+)
 _SAFE_GLOBALS = [
     DictConfig,
     ListConfig,
@@ -173,6 +187,51 @@ def plain_config(path: Path, config: Mapping, where: str) -> dict:
     return dict(config)
 
 
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_net_config(path: Path, config: Mapping, where: str = "config") -> dict:
+    """A network config read from a checkpoint, each of ``scale``, ``stages``, ``kernel_size`` and
+    ``setting`` that it holds checked for type and range; :class:`CheckpointError` naming the
+    key and value otherwise (a file can hold ``stages: 1.5``, ``-3`` or ``10**9``)."""
+    from kxnet.kernels import SETTINGS
+
+    valid = {
+        "scale": (lambda v: _integer(v) and v in (2, 3, 4), "2, 3 or 4"),
+        "stages": (lambda v: _integer(v) and 0 <= v <= MAX_STAGES, f"an integer 0 to {MAX_STAGES}"),
+        "kernel_size": (
+            lambda v: _integer(v) and 1 <= v <= MAX_KERNEL_SIZE and v % 2 == 1,
+            f"an odd integer 1 to {MAX_KERNEL_SIZE}",
+        ),
+        "setting": (lambda v: isinstance(v, str) and v in SETTINGS, " or ".join(SETTINGS)),
+    }
+    for key, (ok, what) in valid.items():
+        if key in config and not ok(config[key]):
+            shown = " ".join(repr(config[key]).split())[:40]
+            raise CheckpointError(
+                path, f"its stored {where}.{key}={shown} is not {what}: {_DAMAGED}"
+            )
+    return dict(config)
+
+
+def check_finite(path: Path, state: Mapping[str, object]) -> None:
+    """Every entry of a state dict is a tensor, and every floating one is finite; else
+    :class:`CheckpointError` naming the first entry at fault."""
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                path, f"weight {key} is a {type(value).__name__}, not a tensor: {_DAMAGED}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                path,
+                f"weight {key} holds {bad} non-finite value(s) (NaN or inf): the run that saved "
+                "it diverged or the file is damaged; use an earlier checkpoint",
+            )
+
+
 def lightning_net_config(ckpt: Mapping, path: Path) -> dict | None:
     """The network config that :class:`~kxnet.train.module.KXNetModule` saved in a Lightning
     checkpoint (``hyper_parameters["net"]``, or ``["model"]`` before) as a plain dict, never
@@ -184,7 +243,8 @@ def lightning_net_config(ckpt: Mapping, path: Path) -> dict | None:
     config = hparams.get(key)
     if not isinstance(config, Mapping):
         return None
-    return plain_config(path, config, f"hyper_parameters.{key}")
+    where = f"hyper_parameters.{key}"
+    return check_net_config(path, plain_config(path, config, where), where)
 
 
 def _from_lightning(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
@@ -205,7 +265,7 @@ def _from_weights(path: Path, ckpt: Mapping) -> tuple[dict, dict[str, Tensor]]:
     config, state = ckpt.get("config"), ckpt.get("state_dict")
     if not isinstance(config, Mapping) or not isinstance(state, Mapping):
         raise CheckpointError(path, "kxnet-weights file without 'config' and 'state_dict'")
-    return plain_config(path, config, "config"), dict(state)
+    return check_net_config(path, plain_config(path, config, "config")), dict(state)
 
 
 def _check(path: Path, found: dict, expect: dict) -> None:
@@ -220,10 +280,28 @@ def _check(path: Path, found: dict, expect: dict) -> None:
             )
 
 
+def _stored_sizes(state: Mapping[str, Tensor]) -> dict[str, int | None]:
+    """The stage count and kernel size that a network's weights imply (None: not told)."""
+    stages = {k.split(".")[1] for k in state if k.startswith("stages.")}
+    aux_k = state.get("aux_k")
+    size = int(aux_k.shape[-1]) if isinstance(aux_k, Tensor) and aux_k.ndim == 3 else None
+    return {"stages": len(stages), "kernel_size": size}
+
+
 def _build(path: Path, config: dict, state: Mapping[str, Tensor]) -> KXNet:
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise CheckpointError(path, f"model config lacks {', '.join(missing)}")
+    check_finite(path, state)
+    stored = _stored_sizes(state)
+    asked = {"stages": config["stages"], "kernel_size": config["kernel_size"]}
+    for key, value in stored.items():
+        if value is not None and value != asked[key]:
+            raise CheckpointError(
+                path,
+                f"its stored config says {key}={asked[key]} but its weights hold {key}={value}: "
+                f"{_DAMAGED}",
+            )
     try:
         model = KXNet(**{k: config[k] for k in CONFIG_KEYS})
     except ValueError as err:
@@ -282,5 +360,6 @@ def _load_official(path: Path, ckpt: Mapping, expect: dict) -> KXNet:
         model = load_official(ckpt, setting=expect.get("setting"))
     except (ValueError, RuntimeError) as err:
         raise CheckpointError(path, f"authors' checkpoint cannot be loaded ({err})") from err
+    check_finite(path, model.state_dict())
     _check(path, model_config(model), {k: v for k, v in expect.items() if k != "setting"})
     return model

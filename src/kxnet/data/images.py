@@ -126,7 +126,7 @@ def _pillow_to_rgb(img: Image.Image, raw: str) -> np.ndarray:
     elif img.mode == "I":
         raise ValueError("32-bit integer pixels have no defined range; save as 8- or 16-bit")
     elif img.mode == "F":
-        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        arr = np.asarray(img, dtype=np.float32)  # clipped to [0, 1] once checked finite
     else:
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
@@ -161,9 +161,10 @@ def decode_image(path: str | os.PathLike) -> Tensor:
     """Decode an image file as a 3×H×W RGB tensor in its stored depth.
 
     The dtype is uint8 for 8-bit (and lower) files, uint16 for 16-bit files (gray or RGB), float32
-    in [0, 1] for float TIFFs; :func:`to_float` maps any of them to [0, 1]. Gray becomes R=G=B,
-    alpha is dropped (the stored colour is kept), palettes are expanded, EXIF orientation is
-    applied. Anything unreadable raises :class:`ImageReadError` naming the file.
+    in [0, 1] for float TIFFs (clipped; a NaN or inf pixel is refused); :func:`to_float` maps any
+    of them to [0, 1]. Gray becomes R=G=B, alpha is dropped (the stored colour is kept), palettes
+    are expanded, EXIF orientation is applied. Anything unreadable raises
+    :class:`ImageReadError` naming the file.
     """
     path = _non_empty_file(path)
     if path.suffix == ARRAY_SUFFIX:
@@ -190,6 +191,15 @@ def decode_image(path: str | os.PathLike) -> Tensor:
 def _to_tensor(path: Path, arr: np.ndarray) -> Tensor:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(path, "image has no pixels")
+    if arr.dtype.kind == "f":
+        bad = arr.size - int(np.isfinite(arr).sum())
+        if bad:
+            raise ImageReadError(
+                path,
+                f"{bad // 3} float pixel(s) are NaN or inf, which have no brightness: fix or "
+                "drop those pixels (or save the image as 8- or 16-bit)",
+            )
+        arr = np.clip(arr, 0.0, 1.0)
     arr = np.require(arr, requirements=["C", "W"])
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 

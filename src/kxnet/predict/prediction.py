@@ -82,6 +82,10 @@ __all__ = [
 ]
 
 _KERNEL_PNG_SIZE = 256
+_NOT_FINITE = (
+    "the network's {what} is not finite (NaN or inf), so nothing of this image was written: "
+    "check the checkpoint, or try precision=32"
+)
 # The largest tile.size and kernel_crop: the network's memory grows with their square (about
 # 2 GB of activations per 1024² LR pixels at x4), while the image size costs only strips.
 MAX_TILE = 4096
@@ -359,6 +363,8 @@ class _Strips:
     def paste(self, parts: Sequence[Tensor], left: int) -> None:
         """Put a tile's per-stage HR cores (1×3×h×w) at LR column ``left`` of the strip."""
         left *= self.scale
+        if not all(bool(torch.isfinite(part).all()) for part in parts):
+            raise ArithmeticError(_NOT_FINITE.format(what="SR image"))
         for buf, part in zip(self.buffers, parts, strict=True):
             q = _quantise(part, self.bit_depth)[: buf.shape[0], : self.width - left]
             buf[:, left : left + q.shape[1]] = q
@@ -434,6 +440,8 @@ def predict_image(
         crop = to_float(central_crop(lr, options.kernel_crop)).to(device)
         estimate = model(crop)
         stage_kernels = estimate.kernels
+        if not all(bool(torch.isfinite(k).all()) for k in stage_kernels):
+            raise ArithmeticError(_NOT_FINITE.format(what="kernel estimate"))
         # The crop's images are the result only when the crop is the whole image, in one tile.
         whole = estimate.images if crop.shape[-2:] == lr.shape[-2:] and count == 1 else None
         del estimate, crop
@@ -483,7 +491,7 @@ def _reason(err: BaseException) -> str:
             "nothing of this image was written: run it again"
         )
     text = " ".join(str(err).split())
-    known = isinstance(err, RuntimeError | ValueError | OSError)
+    known = isinstance(err, RuntimeError | ValueError | OSError | ArithmeticError)
     return text if known and text else f"{type(err).__name__}: {text}".rstrip(": ")
 
 

@@ -17,7 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kxnet.checkpoint import CONFIG_KEYS, OPTIONS, lightning_net_config, read_checkpoint
+from kxnet.checkpoint import (
+    CONFIG_KEYS,
+    OPTIONS,
+    check_finite,
+    lightning_net_config,
+    read_checkpoint,
+)
 from kxnet.checks import (
     check_benchmarks,
     check_device,
@@ -65,6 +71,8 @@ def check_resume(
         )
     try:
         saved = lightning_net_config(ckpt, path)
+        state = ckpt.get("state_dict")
+        check_finite(path, state if isinstance(state, Mapping) else {})
     except CheckpointError as err:
         raise StartupError(f"{option}={err}") from err
     if saved is None:
