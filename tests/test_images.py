@@ -271,3 +271,23 @@ def test_scan_images_separates_good_from_bad(tmp_path):
     infos, errors = scan_images([good, bad], "verify", threads=2)
     assert [i.path for i in infos] == [good] and (infos[0].width, infos[0].height) == (20, 12)
     assert [e.path for e in errors] == [bad]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("check", ["verify", "decode"])
+def test_a_float_image_with_a_non_finite_pixel_is_refused(tmp_path, value, check):
+    pixels = np.full((20, 24), 0.5, np.float32)
+    pixels[3, 4] = pixels[7, 1] = value
+    path = tmp_path / "f.tif"
+    Image.fromarray(pixels, mode="F").save(path)
+    with pytest.raises(ImageReadError, match=r"f\.tif: 2 float pixel\(s\) are NaN or inf"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="NaN or inf"):
+        image_info(path, check)
+
+
+def test_a_finite_float_image_is_clipped_to_the_unit_range(tmp_path):
+    pixels = np.linspace(-1, 2, 20 * 24, dtype=np.float32).reshape(20, 24)
+    Image.fromarray(pixels, mode="F").save(tmp_path / "f.tif")
+    image = read_image(tmp_path / "f.tif")
+    assert image.min() == 0 and image.max() == 1 and image.shape == (3, 20, 24)

@@ -296,3 +296,28 @@ def test_memory_does_not_grow_with_the_output(tmp_path):
         with Image.open(tmp_path / f"out{height}" / f"lr{height}.png") as sr:
             assert sr.size == (4000, 4 * height)
     assert peaks[1] - peaks[0] < 0.5 * (outputs[1] - outputs[0]), (peaks, outputs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_pixel_is_reported_for_its_image_and_nothing_of_it_written(
+    images, weights, tmp_path, capsys, value
+):
+    pixels = np.full((12, 15), 0.25, np.float32)
+    pixels[5, 5] = value
+    Image.fromarray(pixels, mode="F").save(images / "c.tif")
+    out = tmp_path / "out"
+    assert _run([f"ckpt_path={weights}", f"input={images}", f"output={out}"]) == 1
+    report = capsys.readouterr().out
+    assert "Wrote 2 of 3 images" in report
+    assert "c.tif: 1 float pixel(s) are NaN or inf" in report
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("c")) == []
+    assert (out / "a.png").is_file() and (out / "a_kernel.npy").is_file()
+
+
+def test_a_non_finite_network_output_is_reported_for_its_image(images, weights, tmp_path):
+    model = load_model(weights)
+    with torch.no_grad():
+        model.stages[0].knet.gamma.fill_(float("nan"))
+    with pytest.raises(ArithmeticError, match="kernel estimate is not finite"):
+        predict_image(model, images / "a.png", tmp_path, "a", PredictOptions())
+    assert not any(p.name.startswith(("a.", "a_", ".a")) for p in tmp_path.iterdir())

@@ -281,11 +281,13 @@ def _check(path: Path, found: dict, expect: dict) -> None:
 
 
 def _stored_sizes(state: Mapping[str, Tensor]) -> dict[str, int | None]:
-    """The stage count and kernel size that a network's weights imply (None: not told)."""
-    stages = {k.split(".")[1] for k in state if k.startswith("stages.")}
+    """The stage count and kernel size that a network's weights imply (None: not told, as in
+    weights without ``aux_k``, which loading then refuses)."""
     aux_k = state.get("aux_k")
-    size = int(aux_k.shape[-1]) if isinstance(aux_k, Tensor) and aux_k.ndim == 3 else None
-    return {"stages": len(stages), "kernel_size": size}
+    if not isinstance(aux_k, Tensor) or aux_k.ndim != 3:
+        return {"stages": None, "kernel_size": None}
+    stages = {k.split(".")[1] for k in state if k.startswith("stages.")}
+    return {"stages": len(stages), "kernel_size": int(aux_k.shape[-1])}
 
 
 def _build(path: Path, config: dict, state: Mapping[str, Tensor]) -> KXNet:
