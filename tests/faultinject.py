@@ -3,6 +3,7 @@
 - ``NaNAt``: a callback that puts a NaN into the LR images of the training batches of the given
   steps (on one rank, or all), so that the loss and the kernel estimate are not finite.
 - ``KillAt``: a callback that SIGKILLs its own process at a training step.
+- ``InterruptAt``: a callback that sends its own process SIGINT (Ctrl-C) at a training step.
 - ``Pace``: a callback that makes every training step last at least some time.
 - ``Probe``: a callback that records every training step (weights before and after, learning
   rate, the batch's kernel parameters) and saves the record at the end of training.
@@ -43,6 +44,17 @@ class KillAt(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InterruptAt(pl.Callback):
+    """Send SIGINT (what Ctrl-C sends) to this process when training step ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 class SpoilAt(pl.Callback):

@@ -238,7 +238,8 @@ def command(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
     """The ``main()`` of ``python -m kxnet.<app>``: Hydra's main on ``app``'s config calling
     ``task(cfg)``, where every user error (:data:`kxnet.errors.USER_ERRORS`, and a command line
     that does not compose) is one line on stderr with exit status 2 (1 for a run that failed
-    after it had started); ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+    after it had started), and Ctrl-C one line with exit status 130; ``HYDRA_FULL_ERROR=1``
+    shows the traceback instead.
 
     Hydra prints an exception raised by a task function with its own traceback and exits with
     1, so the conversion happens inside the task function.
@@ -250,9 +251,9 @@ def command(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
             return task(cfg)
 
     def main() -> Any:
-        with one_line_errors():
+        with one_line_errors():  # also Ctrl-C outside the task (Hydra's set-up)
             check_command_line(app, sys.argv[1:])
-        return hydra_main()
+            return hydra_main()
 
     main.__doc__ = f"``python -m kxnet.{app}``: Hydra's main, with one-line errors."
     return main

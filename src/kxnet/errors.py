@@ -6,6 +6,9 @@ exit status (2 for a run that cannot start, 1 for a run that failed after it had
 the traceback only when ``HYDRA_FULL_ERROR=1``. OmegaConf's errors about the composed config (a
 value left at ``???``, an interpolation that cannot be resolved, a key that is not there) are
 user errors too: :func:`config_error` words them as a :class:`StartupError` naming the key.
+Ctrl-C (SIGINT) is one line too: a command says what it had finished in an :class:`Interrupted`
+(``interrupted: …`` on stderr, exit status 130, as a shell reports a command killed by SIGINT);
+one that does not gets a generic line.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ __all__ = [
     "CheckpointError",
     "ReportError",
     "DivergedError",
+    "Interrupted",
+    "INTERRUPT_EXIT",
     "USER_ERRORS",
     "config_error",
     "report_error",
@@ -45,6 +50,7 @@ __all__ = [
 ]
 
 START_UP_EXIT = 2
+INTERRUPT_EXIT = 130
 
 
 class KXNetError(Exception):
@@ -115,6 +121,12 @@ class DivergedError(KXNetError, RuntimeError):
     exit_status = 1
 
 
+class Interrupted(KXNetError):
+    """A run stopped by Ctrl-C; the message says what was finished and what was not."""
+
+    exit_status = INTERRUPT_EXIT
+
+
 # What a user's mistake raises: kxnet's own errors and OmegaConf's about the composed config.
 USER_ERRORS = (KXNetError, OmegaConfBaseException)
 
@@ -150,15 +162,21 @@ def report_error(err: BaseException, status: int | None = None) -> int:
     if status is None:
         status = getattr(shown, "exit_status", START_UP_EXIT)
     message = " ".join(str(shown).split())
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    kind = "interrupted" if isinstance(shown, Interrupted) else "error"
+    print(f"{kind}: {message}", file=sys.stderr, flush=True)
     return status
 
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Turn a user's error (:data:`USER_ERRORS`) into :func:`report_error`'s line and
-    ``SystemExit`` with the error's exit status."""
+    ``SystemExit`` with the error's exit status; Ctrl-C (``KeyboardInterrupt``) that no command
+    worded into an :class:`Interrupted` gets a generic one, exit status 130."""
     try:
         yield
     except USER_ERRORS as err:
         raise SystemExit(report_error(err)) from None
+    except KeyboardInterrupt as err:
+        stop = Interrupted("stopped by Ctrl-C before any result was written")
+        stop.__cause__ = err
+        raise SystemExit(report_error(stop)) from None

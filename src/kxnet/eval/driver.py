@@ -42,7 +42,7 @@ from kxnet.checks import (
 )
 from kxnet.config import resolve_path
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
-from kxnet.errors import USER_ERRORS, EvalError, report_error
+from kxnet.errors import USER_ERRORS, EvalError, Interrupted, report_error
 from kxnet.eval import report
 from kxnet.eval.evaluation import (
     check_true_kernel,
@@ -378,17 +378,24 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     ckpt = str(resolve_path(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
     weights = str(cfg.weights) if cfg.get("weights") else None
     command = shlex.join(["python", "-m", "kxnet.eval", *overrides])
-    payload = run_evaluation(
-        model,
-        sets,
-        device,
-        output_dir,
-        options,
-        ckpt_path=ckpt,
-        weights=weights,
-        command=command,
-        console=console,
-    )
+    try:
+        payload = run_evaluation(
+            model,
+            sets,
+            device,
+            output_dir,
+            options,
+            ckpt_path=ckpt,
+            weights=weights,
+            command=command,
+            console=console,
+        )
+    except KeyboardInterrupt as err:
+        raise Interrupted(
+            f"stopped by Ctrl-C before the evaluation was complete: nothing written to "
+            f"{output_dir} (its files are written together once every image is done); run the "
+            "same command again"
+        ) from err
     print(report.results_markdown(report.result_rows(payload)), flush=True)
     written = ", ".join(report.run_files(payload))
     print(f"Wrote {written} to {output_dir}", flush=True)

@@ -53,7 +53,7 @@ from kxnet.data.images import (
     list_images,
     to_float,
 )
-from kxnet.errors import USER_ERRORS, ImageReadError, PredictError, report_error
+from kxnet.errors import USER_ERRORS, ImageReadError, Interrupted, PredictError, report_error
 from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.models import resolve_weights
 from kxnet.nn.kxnet import KXNet
@@ -524,6 +524,12 @@ def predict_images(
             bar.update(images, name=path.name)
             try:
                 result = predict_image(model, path, output_dir, names[path], options, on_tile)
+            except KeyboardInterrupt as err:
+                raise Interrupted(
+                    f"stopped by Ctrl-C at {path.name}: {len(results)} of {len(inputs)} images "
+                    f"written to {output_dir}, each with all its files; nothing of {path.name} "
+                    "or the images after it"
+                ) from err
             except Exception as err:  # one image's failure never stops the run
                 result = None
                 failures.append(Failure(path, _reason(err)))

@@ -23,7 +23,7 @@ from kxnet import hardware
 from kxnet.atomic import SHARED_AGE_S, remove_leftovers
 from kxnet.checkpoint import model_config, read_checkpoint, safe_loading, save_weights
 from kxnet.config import resolve_path
-from kxnet.errors import StartupError
+from kxnet.errors import Interrupted, StartupError
 from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
 from kxnet.train.callbacks import RankSeed
@@ -153,6 +153,38 @@ def _artifact_metadata(
     }
 
 
+class _NoInterruptNotice(logging.Filter):
+    """Drops Lightning's "Detected KeyboardInterrupt" notice: the run's own line says more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoInterruptNotice())
+
+
+def _interrupted(cfg: DictConfig, trainer: pl.Trainer) -> Interrupted:
+    """What a run stopped by Ctrl-C had finished: its exported weights, or the newest checkpoint
+    to resume from."""
+    weights = Path(cfg.paths.output_dir) / WEIGHTS_FILE
+    where = f"stopped by Ctrl-C at step {trainer.global_step}"
+    if weights.is_file():
+        return Interrupted(
+            f"{where}, after training: the weights are exported to {weights}; the testing or "
+            "evaluation after it was not finished"
+        )
+    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath}
+    saved = [p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt")]
+    if not saved:
+        return Interrupted(f"{where}: no checkpoint was saved yet, nothing to resume")
+    newest = max(saved, key=lambda p: p.stat().st_mtime_ns)
+    return Interrupted(
+        f"{where}: the newest checkpoint is {newest}; resume with ckpt_path={newest} (and the "
+        "same options)"
+    )
+
+
 def train(cfg: DictConfig) -> float | None:
     """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
     paper reports, or the best on validation), export its weights and (with ``cfg.eval``)
@@ -225,6 +257,12 @@ def train(cfg: DictConfig) -> float | None:
                 _artifact_metadata(cfg, module, metrics, summary, exported),
             )
         finished = True
+    except KeyboardInterrupt as err:
+        raise _interrupted(cfg, trainer) from err
+    except SystemExit as err:  # Lightning's answer to Ctrl-C in fit or test: exit status 1
+        if trainer.interrupted:
+            raise _interrupted(cfg, trainer) from err
+        raise
     finally:
         ddp.release(trainer, wait=finished)
         finish_wandb()
