@@ -15,6 +15,7 @@ import importlib
 import io
 import os
 import re
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -222,6 +223,11 @@ CASES = {
         ["ckpt_path={resume_inf}", "setting=aniso", "scale=2", "model.net.stages=1"],
         r"ckpt_path={resume_inf}: weight net\.aux_k holds 2904 non-finite value\(s\)",
     ),
+    "train: run folder under a file": (
+        "train",
+        ["hydra.run.dir={file}/run"],
+        r"hydra\.run\.dir={file}/run cannot be written \({file} is a file, not a folder\)",
+    ),
     # python -m kxnet.eval
     "eval: scale": ("eval", ["scale=5"], r"scale=5 is not a KXNet scale"),
     "eval: scale, bicubic": ("eval", ["scale=5", "model.net.stages=0"], r"scale=5 is not a"),
@@ -270,6 +276,11 @@ CASES = {
         "eval",
         ["ckpt_path={nan_weight}"],
         r"{nan_weight}: weight stages\.0\.knet\.gamma holds 1 non-finite value",
+    ),
+    "eval: run folder under a file": (
+        "eval",
+        ["model.net.stages=0", "hydra.run.dir={file}/deeper/run"],
+        r"hydra\.run\.dir={file}/deeper/run cannot be written \({file} is a file",
     ),
     "eval: device": ("eval", ["eval.device=tpu"], r"eval\.device=tpu is not a device"),
     "eval: no such test set": (
@@ -360,6 +371,11 @@ CASES = {
         "predict",
         ["ckpt_path={inf_weight}", "input={images}"],
         r"{inf_weight}: weight stages\.0\.knet\.gamma holds 1 non-finite value",
+    ),
+    "predict: run folder under a file": (
+        "predict",
+        ["model.net.stages=0", "input={images}", "hydra.run.dir={file}/run"],
+        r"hydra\.run\.dir={file}/run cannot be written",
     ),
     "predict: device": (
         "predict",
@@ -453,7 +469,9 @@ def _run(entry: str, args: list[str], out: Path, monkeypatch) -> int:
             return module.main(args)
         except SystemExit as stop:
             return stop.code
-    monkeypatch.setattr(sys, "argv", [f"kxnet.{entry}", *args, f"hydra.run.dir={out}"])
+    if not any(arg.startswith("hydra.run.dir=") for arg in args):
+        args = [*args, f"hydra.run.dir={out}"]
+    monkeypatch.setattr(sys, "argv", [f"kxnet.{entry}", *args])
     try:
         module.main()
     except SystemExit as stop:
@@ -522,3 +540,43 @@ def test_config_errors_name_the_key_and_full_error_raises(monkeypatch, capsys):
         report_error(MissingMandatoryValue("input"))
     with pytest.raises(StartupError):
         report_error(StartupError("shown with its traceback"))
+
+
+def _chattr(flag: str, *paths: Path) -> bool:
+    """Set or clear the immutable attribute (which holds for root too); False where the file
+    system or the container does not allow it."""
+    try:
+        done = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True)
+    except FileNotFoundError:
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("entry", ["train", "eval", "predict"])
+@pytest.mark.parametrize("frozen", ["run folder", "its log file", "its .hydra folder"])
+def test_a_run_folder_that_cannot_be_written_is_one_line(
+    entry, frozen, files, tmp_path, monkeypatch, capfd
+):
+    run = tmp_path / "run"  # a run to resume: its folder, config and log are there
+    (run / ".hydra").mkdir(parents=True)
+    log = run / f"{entry}.log"
+    log.write_text("the first run's log\n")
+    target = {"run folder": run, "its log file": log, "its .hydra folder": run / ".hydra"}
+    if not _chattr("+i", target[frozen]):
+        pytest.skip("chattr +i is not allowed here")
+    try:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        args = [*BASE[entry], f"hydra.run.dir={run}"]
+        if entry != "train":
+            args += ["model.net.stages=0"] + ([f"input={files['images']}"] * (entry == "predict"))
+        capfd.readouterr()
+        code = _run(entry, args, tmp_path / "unused", monkeypatch)
+        err = capfd.readouterr().err
+    finally:
+        _chattr("-i", target[frozen])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith(f"error: hydra.run.dir={run} cannot be written (")
+    assert f"{target[frozen]} is read-only" in lines[0]
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", log.name]

@@ -189,12 +189,49 @@ def _close_keys(app: str, key: str) -> list[str]:
     return difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` (a folder to create or write in, or a file to append to) cannot be written,
+    or None. ``os.access`` answers for the real user (and for root, a read-only file system)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | (os.X_OK if existing.is_dir() else 0)):
+        return f"{existing} is read-only"
+    return None
+
+
+def _check_run_dir(cfg: DictConfig) -> None:
+    """Refuse a run folder (``hydra.run.dir``) that cannot be written, before Hydra creates it
+    and writes its config and log there (which would fail with a traceback): the folder or its
+    nearest existing parent, and in an existing one (a resumed run's) its ``.hydra`` folder and
+    log files."""
+    try:
+        folder = Path(str(cfg.hydra.run.dir)).expanduser().absolute()
+    except OmegaConfBaseException:
+        return  # Hydra says what does not resolve
+    places = [folder]
+    if folder.is_dir():
+        places += [folder / str(cfg.hydra.output_subdir), *folder.glob("*.log")]
+    for place in places:
+        if place != folder and not place.exists():
+            continue
+        reason = _unwritable(place)
+        if reason:
+            raise StartupError(
+                f"hydra.run.dir={folder} cannot be written ({reason}): set hydra.run.dir (or "
+                "paths.root_dir) to a folder you can write to"
+            )
+
+
 def check_command_line(app: str, args: Sequence[str]) -> None:
     """Compose ``app``'s config from a command line of overrides, as Hydra will, and raise
     :class:`StartupError` with one line if that fails: a mistyped option or group option, a
     value that does not parse, a sweep without ``-m`` (or a preset setting
-    ``hydra.mode=MULTIRUN``). Hydra would print several lines and exit with status 1. Command
-    lines with flags (``-m``, ``--cfg``, ``--help``, …) are Hydra's own."""
+    ``hydra.mode=MULTIRUN``), a run folder that cannot be written (:func:`_check_run_dir`).
+    Hydra would print several lines and exit with status 1. Command lines with flags (``-m``,
+    ``--cfg``, ``--help``, …) are Hydra's own."""
     args = list(args)
     if any(arg.startswith("-") for arg in args):
         return
@@ -212,7 +249,7 @@ def check_command_line(app: str, args: Sequence[str]) -> None:
     try:
         with initialize_config_module(f"{CONFIG_MODULE}.{app}", version_base="1.3"):
             try:
-                cfg = compose(app, overrides=plain, return_hydra_config=bool(sweeps))
+                cfg = compose(app, overrides=plain, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as err:
                 message = _squash(str(err))
                 cause = err.__cause__
@@ -230,6 +267,8 @@ def check_command_line(app: str, args: Sequence[str]) -> None:
                     f"{sweeps[0]} is a sweep, but this is not a multirun: add -m to run a job for "
                     f"each value, or give one value ({key}=[a,b] is a list, {key}='a,b' a string)"
                 )
+            if str(cfg.hydra.mode) != str(RunMode.MULTIRUN):
+                _check_run_dir(cfg)
     finally:
         GlobalHydra.instance().clear()
 
