@@ -9,7 +9,9 @@
   rate, the batch's kernel parameters) and saves the record at the end of training.
 - Run as a script (``python tests/faultinject.py OVERRIDES…``): ``python -m kxnet.train``, where
   ``KXNET_TEST_KILL_IN_SAVE=N`` makes the N-th file written through ``kxnet.atomic`` (the
-  checkpoints) get half its bytes, then SIGKILLs the process.
+  checkpoints) get half its bytes, then SIGKILLs the process, and ``KXNET_TEST_KILL_IN_COMMIT=N``
+  SIGKILLs it as it is about to rename the N-th file into place (after the N-1 before it);
+  ``KXNET_TEST_COMMAND=predict`` (or eval) runs that command instead of training.
 """
 
 from __future__ import annotations
@@ -152,9 +154,30 @@ def _kill_in_save(save_number: int) -> None:
     torch.save = save
 
 
+def _kill_in_commit(rename_number: int) -> None:
+    """SIGKILL the process as it is about to make the ``rename_number``-th rename of a file
+    into place through kxnet.atomic (those before it are done)."""
+    from kxnet import atomic
+
+    real_commit = atomic._commit
+    count = 0
+
+    def commit(tmp, path, replace=True):
+        nonlocal count
+        count += 1
+        if count == rename_number:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_commit(tmp, path, replace)
+
+    atomic._commit = commit
+
+
 if __name__ == "__main__":
     if os.environ.get("KXNET_TEST_KILL_IN_SAVE"):
         _kill_in_save(int(os.environ["KXNET_TEST_KILL_IN_SAVE"]))
-    from kxnet.train.__main__ import main
+    if os.environ.get("KXNET_TEST_KILL_IN_COMMIT"):
+        _kill_in_commit(int(os.environ["KXNET_TEST_KILL_IN_COMMIT"]))
+    import importlib
 
-    main()
+    command = os.environ.get("KXNET_TEST_COMMAND", "train")
+    importlib.import_module(f"kxnet.{command}.__main__").main()

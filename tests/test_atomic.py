@@ -3,8 +3,11 @@ and the leftovers of killed writers removed (only theirs)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +123,75 @@ def test_a_name_taken_while_writing_is_not_replaced(tmp_path, monkeypatch):
     files = AtomicFiles(tmp_path, replace=False)
     files.write("b.txt", "b")
     assert files.commit() == [tmp_path / "b.txt"] and (tmp_path / "b.txt").read_text() == "b"
+
+
+NAMES = ("x.png", "x_kernel.npy", "x_kernel.png")
+
+
+def _killed_committing(folder, killed_at: int, replace: bool = False) -> None:
+    """In a child process, write NAMES through AtomicFiles and SIGKILL it as it is about to make
+    its ``killed_at``-th rename (1: the journal's own, 2 to 4: the files; 5: none, killed before
+    the journal is removed)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            real_commit, count = atomic._commit, 0
+
+            def commit(tmp, path, replace=True):
+                nonlocal count
+                count += 1
+                if count == killed_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_commit(tmp, path, replace)
+
+            atomic._commit = commit
+            real_unlink = Path.unlink
+
+            def unlink(self, missing_ok=False):
+                if self.suffix == atomic.JOURNAL_SUFFIX and killed_at == 5:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_unlink(self, missing_ok=missing_ok)
+
+            Path.unlink = unlink
+            with AtomicFiles(folder, replace=replace) as files:
+                for name in NAMES:
+                    files.write(name, f"all of {name}")
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.parametrize("killed_at", [1, 2, 3, 4, 5])
+def test_a_set_of_files_killed_among_its_renames_is_completed_by_the_next_run(tmp_path, killed_at):
+    _killed_committing(tmp_path, killed_at)
+    journals = list(tmp_path.glob(f"*{atomic.JOURNAL_SUFFIX}"))
+    assert len(journals) == (killed_at > 1)
+    remove_leftovers(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if killed_at == 1:  # no journal yet: no file had been placed, none is
+        assert names == []
+    else:
+        assert names == sorted(NAMES)
+        assert all((tmp_path / n).read_text() == f"all of {n}" for n in NAMES)
+
+
+def test_a_commit_whose_name_was_taken_since_is_undone(tmp_path):
+    _killed_committing(tmp_path, 3)  # x.png placed, the kernels not
+    (tmp_path / "x_kernel.png").write_text("someone else's")
+    remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_kernel.png"]
+    assert (tmp_path / "x_kernel.png").read_text() == "someone else's"
+
+
+def test_a_journal_naming_files_outside_its_folder_is_left_alone(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    tmp = leftover(folder, "x.png", dead_pid())
+    journal = folder / f".x.png.{dead_pid()}-0123abcd{atomic.JOURNAL_SUFFIX}"
+    journal.write_text(json.dumps({"replace": True, "files": [[tmp.name, "../victim.txt"]]}))
+    remove_leftovers(folder)
+    assert victim.read_text() == "keep"
+    assert journal.exists() and not tmp.exists()

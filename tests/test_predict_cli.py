@@ -321,3 +321,45 @@ def test_a_non_finite_network_output_is_reported_for_its_image(images, weights, 
     with pytest.raises(ArithmeticError, match="kernel estimate is not finite"):
         predict_image(model, images / "a.png", tmp_path, "a", PredictOptions())
     assert not any(p.name.startswith(("a.", "a_", ".a")) for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rename", [6, 7, 8])  # b's journal is the 5th rename, b.png the 6th
+def test_sigkill_among_an_images_renames_leaves_all_its_files_after_the_next_run(
+    images, weights, tmp_path, rename
+):
+    """Killed as b's outputs are renamed into place (b.png there, its kernels not yet, …): the
+    next run completes b's set from its journal before planning names."""
+    Image.open(images / "a.png").save(images / "c.png")
+    out = tmp_path / "out"
+    tests = Path(__file__).parent
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tests),
+        KXNET_TEST_COMMAND="predict",
+        KXNET_TEST_KILL_IN_COMMIT=str(rename),
+    )
+    args = [f"ckpt_path={weights}", f"input={images}", f"output={out}", "device=cpu"]
+    args.append(f"hydra.run.dir={tmp_path / 'run'}")
+    killed = subprocess.run(
+        [sys.executable, str(tests / "faultinject.py"), *args], env=env, capture_output=True
+    )
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    assert list(out.glob(".b*.commit"))  # b's commit was under way
+    env.pop("KXNET_TEST_KILL_IN_COMMIT")
+    again = subprocess.run(
+        [sys.executable, "-m", "kxnet.predict", *args[:-1], f"hydra.run.dir={tmp_path / 'again'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    names = sorted(p.name for p in out.iterdir())
+    stems = [n[: -len(".png")] for n in names if n.endswith(".png") and "_kernel" not in n]
+    assert stems == ["a", "a_2", "b", "b_2", "c"]  # b completed, then all three run again
+    for stem in stems:
+        assert {f"{stem}.png", f"{stem}_kernel.npy", f"{stem}_kernel.png"} <= set(names), names
+        assert np.load(out / f"{stem}_kernel.npy").shape == (11, 11)
+        with Image.open(out / f"{stem}.png") as sr:
+            assert sr.size == (30, 24)
+    assert not [n for n in names if n.startswith(".")]  # no journal, no temporary file

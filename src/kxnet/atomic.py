@@ -6,10 +6,14 @@ the same temporary file); when the block ends, the file is flushed to the disk (
 renamed over the target and the folder synced, so that a reader, or a run resumed after a crash,
 finds either the previous file or the new one. :class:`AtomicFiles` does the same for several
 files that belong together (an image's outputs, a results folder's tables): all of them appear,
-renamed one after the other once every one is complete, or none; with ``replace=False`` none of
-them takes the place of anything already there. A writer killed by SIGKILL cannot remove its
-temporary files: :func:`remove_leftovers` removes, at the start of the next run, those (and only
-those) whose writer's process is gone.
+or none; with ``replace=False`` none of them takes the place of anything already there. Once
+every file is complete, a journal (``.NAME.<pid>-<random>.commit``, listing each temporary
+name and its final name) is written, then the files are renamed one after the other, then the
+journal is removed: a kill between two renames leaves the journal, and the next run completes
+the renames from it (the files were complete before the journal was written). A writer killed
+by SIGKILL cannot remove its temporary files: :func:`remove_leftovers` completes, at the start
+of the next run, the commits of journals whose writer's process is gone, then removes those
+temporary files (and only those) whose writer is gone.
 
 Lightning's own checkpoint writer (``lightning.fabric.utilities.cloud_io._atomic_save`` in 2.6)
 writes a temporary file in the system's temporary folder and moves it into place without
@@ -21,6 +25,7 @@ AtomicCheckpointIO` makes the Trainer save through :func:`atomic_save` instead.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -36,11 +41,13 @@ import torch
 
 __all__ = [
     "PARTIAL_SUFFIX",
+    "JOURNAL_SUFFIX",
     "temporary_name",
     "atomic_path",
     "atomic_save",
     "atomic_write",
     "AtomicFiles",
+    "finish_commit",
     "remove_leftovers",
     "SHARED_AGE_S",
 ]
@@ -48,12 +55,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+JOURNAL_SUFFIX = ".commit"
 # How long a temporary file in a folder that runs on several machines may share (the benchmark
 # cache) must lie untouched before it counts as left by a killed run.
 SHARED_AGE_S = 600.0
 # A temporary name of temporary_name(): .NAME.<writer's pid>-<8 hex digits>.partial
 _TEMPORARY = re.compile(
     r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX) + "$"
+)
+# The journal of an AtomicFiles commit: .NAME.<writer's pid>-<8 hex digits>.commit
+_JOURNAL = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}" + re.escape(JOURNAL_SUFFIX) + "$"
 )
 
 
@@ -185,8 +197,10 @@ class AtomicFiles:
             tmp.write_bytes(data)
 
     def commit(self) -> list[Path]:
-        """Rename every file into place; returns their final paths."""
+        """Rename every file into place (after writing the journal that lets the next run finish
+        the renames if this process is killed among them); returns their final paths."""
         placed: list[Path] = []
+        journal = self._journal() if len(self.pending) > 1 else None
         try:
             for tmp, final in self.pending:
                 _commit(tmp, final, self.replace)
@@ -197,8 +211,25 @@ class AtomicFiles:
                     _remove(final)
             self.abort()
             raise
+        finally:
+            if journal is not None:
+                journal.unlink(missing_ok=True)
         self.pending = []
         return placed
+
+    def _journal(self) -> Path:
+        """Sync every pending file, then write the journal of the renames to come."""
+        for tmp, _ in self.pending:
+            if tmp.is_file():
+                _sync(tmp)
+        first = self.pending[0][1]
+        journal = temporary_name(first).with_suffix(JOURNAL_SUFFIX)
+        record = {
+            "replace": self.replace,
+            "files": [[tmp.name, final.name] for tmp, final in self.pending],
+        }
+        atomic_write(journal, json.dumps(record))
+        return journal
 
     def abort(self) -> None:
         for tmp, _ in self.pending:
@@ -229,10 +260,59 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _journal_entries(journal: Path) -> tuple[bool, list[tuple[Path, Path]]] | None:
+    """(replace, [(temporary, final)]) from a journal; None if it is not one of ours (each name
+    must be a plain name in the journal's folder, the temporary one as temporary_name makes)."""
+    try:
+        record = json.loads(journal.read_text(encoding="utf-8"))
+        pairs = [(str(tmp), str(final)) for tmp, final in record["files"]]
+        replace = record["replace"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    plain = all(
+        _TEMPORARY.match(tmp) and Path(final).name == final and final not in (".", "..")
+        for tmp, final in pairs
+    )
+    if not plain or not isinstance(replace, bool):
+        return None
+    return replace, [(journal.parent / tmp, journal.parent / final) for tmp, final in pairs]
+
+
+def finish_commit(journal: str | os.PathLike) -> None:
+    """Complete the commit of a killed :class:`AtomicFiles` from its journal, then remove the
+    journal: every file still under its temporary name is renamed into place. Should a name
+    have been taken since (``replace=False``), the commit is undone instead: the files it had
+    placed are removed with its temporary ones, so that the set is all there or not at all."""
+    journal = Path(journal)
+    entries = _journal_entries(journal)
+    if entries is None:
+        log.warning("%s is not a commit journal of kxnet: left alone", journal)
+        return
+    replace, pairs = entries
+    try:
+        for tmp, final in pairs:
+            if not os.path.lexists(tmp):
+                continue  # renamed before the kill
+            if os.path.lexists(final) and os.path.samefile(tmp, final):
+                tmp.unlink()  # linked into place, the temporary name not yet removed
+                continue
+            _commit(tmp, final, replace)
+        log.info("completed the commit of %s that a killed run left", journal.name)
+    except FileExistsError:
+        for tmp, final in pairs:
+            if not os.path.lexists(tmp) and os.path.lexists(final):
+                _remove(final)
+            _remove(tmp)
+        log.warning("undid the commit of %s: one of its names was taken since", journal.name)
+    journal.unlink(missing_ok=True)
+    _sync(journal.parent)
+
+
 def remove_leftovers(
     folder: str | os.PathLike, recursive: bool = False, min_age_s: float = 0.0
 ) -> list[Path]:
-    """Remove the temporary files and folders that killed writers left in ``folder``.
+    """Complete the commits that killed writers left journals of (:func:`finish_commit`), then
+    remove the temporary files and folders that killed writers left in ``folder``.
 
     Only names made by :func:`temporary_name` (``.NAME.<pid>-<8 hex digits>.partial``) whose
     writer, the process ``pid``, is no longer running, are removed: never a file kxnet did not
@@ -246,10 +326,13 @@ def remove_leftovers(
     if not folder.is_dir():
         return removed
     for dirpath, dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            if _JOURNAL.match(name) and not _alive(int(_JOURNAL.match(name).group("pid"))):
+                finish_commit(Path(dirpath) / name)
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
             found = _TEMPORARY.match(name)
-            if found is None or path.is_symlink():
+            if found is None or not os.path.lexists(path) or path.is_symlink():
                 continue
             pid = int(found.group("pid"))
             if pid == os.getpid() or _alive(pid):
