@@ -424,6 +424,11 @@ CASES = {
         ["check", "{images}", "--patch-size", "0"],
         r"argument --patch-size: '0' is not an integer >= 1",
     ),
+    "data: prepare into a folder under a file": (
+        "data",
+        ["prepare", "{images}", "{file}/prepared"],
+        r"DEST={file}/prepared is not a writable folder \(Not a directory\)",
+    ),
     "data: benchmarks without a copy": (
         "data",
         ["download", "--sets", "benchmarks"],

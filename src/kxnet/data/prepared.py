@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kxnet.atomic import atomic_path, atomic_write
+from kxnet.atomic import atomic_path, atomic_write, temporary_name
 from kxnet.data.images import ARRAY_SUFFIX, ImageInfo, decode_image, list_images
 from kxnet.errors import ImageFolderError, ImageReadError
 
@@ -227,6 +227,21 @@ def _save(dest: Path, source: Path, entries: dict[str, dict], complete: bool) ->
     atomic_write(dest / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
+def _check_writable(dest: Path) -> None:
+    """Create DEST if needed and write (then remove) a file in it; ImageFolderError if not."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(dest / "write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ImageFolderError(
+            dest,
+            f"DEST={dest} is not a writable folder ({err.strerror or err}): prepare into a "
+            "folder you can write to",
+        ) from err
+
+
 def _known(dest: Path) -> dict[str, dict]:
     """The usable entries of the manifest already in ``dest`` (none if there is none)."""
     if not is_prepared(dest):
@@ -271,7 +286,7 @@ def prepare_folder(
         raise ImageFolderError(source, f"SRC={source} holds no image files")
     if any(p.suffix == ARRAY_SUFFIX for p in files):
         raise ImageFolderError(source, f"SRC={source} is itself a prepared folder")
-    dest.mkdir(parents=True, exist_ok=True)
+    _check_writable(dest)
     known = _known(dest)
     names = [path.relative_to(source).as_posix() for path in files]
     targets = stored_names(names)
