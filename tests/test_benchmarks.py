@@ -207,3 +207,12 @@ def test_bad_folders_and_arguments_raise_clear_errors(tmp_path, hr_root):
 def test_default_noise_levels():
     assert benchmarks.default_noise("iso") == (0.0,)
     assert benchmarks.default_noise("aniso") == (0.0, 15.0)
+
+
+@pytest.mark.parametrize("other", ["a.bmp", "A.png"])
+def test_two_images_of_one_cached_name_are_refused(hr_root, tmp_path, other):
+    _write_png(hr_root / "Tiny" / other, 40, 40, 2)
+    if len(list((hr_root / "Tiny").iterdir())) < 3:
+        pytest.skip("this file system ignores case")
+    with pytest.raises(ValueError, match=r"share a file stem without regard to case \(.*a\.png"):
+        _set(hr_root, tmp_path)

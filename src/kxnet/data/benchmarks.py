@@ -152,9 +152,13 @@ class BenchmarkSet(Dataset):
             self.files = list_images(self.hr_dir)
         if not self.files:
             raise FileNotFoundError(f"benchmark set {self.name} holds no images ({self.hr_dir})")
-        stems = [p.stem for p in self.files]
+        stems = [p.stem.casefold() for p in self.files]  # the cached inputs are named by stem
         if len(set(stems)) != len(stems):
-            raise ValueError(f"benchmark set {self.name} has two images with one file stem")
+            shared = sorted(p.name for p in self.files if stems.count(p.stem.casefold()) > 1)
+            raise ValueError(
+                f"benchmark set {self.name} has images that share a file stem without regard to "
+                f"case ({', '.join(shared[:4])}): rename or remove one of them"
+            )
         self.one_kernel = bool(one_kernel)
         self.cache = Path(cache_dir) / self.name / f"{self.setting}_x{self.scale}"
         count = len(bank)
