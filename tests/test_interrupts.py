@@ -41,8 +41,9 @@ TINY = [
 
 @pytest.fixture(autouse=True)
 def _sigint_restored(monkeypatch):
-    """Lightning ignores SIGINT once it has handled one: give pytest its handler back."""
-    handler = signal.getsignal(signal.SIGINT)
+    """Ctrl-C raises KeyboardInterrupt here, whatever an earlier test left (Lightning ignores
+    SIGINT once it has handled one); the handler found is put back afterwards."""
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     yield
