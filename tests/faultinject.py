@@ -172,6 +172,18 @@ def _kill_in_commit(rename_number: int) -> None:
     atomic._commit = commit
 
 
+class FinalLR(pl.Callback):
+    """Records, at the end of training, the learning rate and the step count in ``FinalLR.seen``."""
+
+    seen: dict[str, float] = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        FinalLR.seen = {
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "steps": trainer.global_step,
+        }
+
+
 if __name__ == "__main__":
     if os.environ.get("KXNET_TEST_KILL_IN_SAVE"):
         _kill_in_save(int(os.environ["KXNET_TEST_KILL_IN_SAVE"]))

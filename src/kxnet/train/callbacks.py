@@ -164,9 +164,9 @@ class NonFiniteRollback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if not self.recent and "optimizer_states" in checkpoint:
-            self._keep(
-                checkpoint["global_step"], checkpoint["state_dict"], checkpoint["optimizer_states"]
-            )
+            # With an average of the weights (WeightEMA) the raw weights are kept beside it.
+            weights = checkpoint.get("current_model_state", checkpoint["state_dict"])
+            self._keep(checkpoint["global_step"], weights, checkpoint["optimizer_states"])
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int

@@ -28,6 +28,7 @@ from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
 from kxnet.train.callbacks import RankSeed
 from kxnet.train.checks import check_train, check_training_data
+from kxnet.train.ema import WeightEMA, keep_the_better
 from kxnet.train.loggers import default_wandb_mode, finish_wandb, log_weights
 from kxnet.train.module import KXNetModule
 from kxnet.train.progress import report
@@ -187,8 +188,9 @@ def _interrupted(cfg: DictConfig, trainer: pl.Trainer) -> Interrupted:
 
 def train(cfg: DictConfig) -> float | None:
     """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
-    paper reports, or the best on validation), export its weights and (with ``cfg.eval``)
-    evaluate them beside bicubic; returns ``cfg.optimized_metric``.
+    paper reports, or the best on validation; with the ``WeightEMA`` callback, the last one is
+    its average or the raw weights, whichever validates better), export its weights and (with
+    ``cfg.eval``) evaluate them beside bicubic; returns ``cfg.optimized_metric``.
 
     ``model.net.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
@@ -233,6 +235,10 @@ def train(cfg: DictConfig) -> float | None:
         exported = best if cfg.get("export") == "best" and best else None
         if exported:
             module.load_state_dict(read_checkpoint(Path(exported))["state_dict"])
+        ema = next((c for c in trainer.callbacks if isinstance(c, WeightEMA)), None)
+        if ema is not None and ema.raw_state is not None and not exported:
+            with safe_loading():
+                keep_the_better(trainer, module, datamodule, ema, cfg.optimized_metric)
         if cfg.get("test"):
             with safe_loading():
                 trainer.test(module, datamodule=datamodule, weights_only=True)
