@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kxnet.bench import runner as bench
+from kxnet.bench import tables
 from kxnet.config import project_root
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
@@ -95,9 +96,9 @@ def main() -> None:
                 continue
             if "scaling" in report:
                 paper = report["scaling"]["paper"]["plain"]
-                step = bench.format_seconds(paper["seconds"])
+                step = tables.format_seconds(paper["seconds"])
                 summary.add_row(
-                    name, "paper step", step, "", bench.format_bytes(paper["peak_bytes"])
+                    name, "paper step", step, "", tables.format_bytes(paper["peak_bytes"])
                 )
                 continue
             phase = "train" if "train/kxnet" in report["results"] else "infer"
@@ -108,11 +109,11 @@ def main() -> None:
                 summary.add_row(
                     f"{name}: {variant}",
                     report["device"]["name"],
-                    bench.format_seconds(ours["wall_s"]["median"]),
-                    bench.format_seconds(ours["first_call_s"]),
-                    bench.format_bytes(ours["memory"]["peak_bytes"]),
+                    tables.format_seconds(ours["wall_s"]["median"]),
+                    tables.format_seconds(ours["first_call_s"]),
+                    tables.format_bytes(ours["memory"]["peak_bytes"]),
                     "–" if fraction is None else f"{fraction:.0%}",
-                    bench.format_ratio(ours.get("vs_authors", {}).get("wall_s")),
+                    tables.format_ratio(ours.get("vs_authors", {}).get("wall_s")),
                 )
     console.print(summary)
     console.print(f"reports in {args.out}")

@@ -30,17 +30,24 @@ def test_the_authors_forms_compute_what_ours_compute(s, p):
     torch.testing.assert_close(theirs, ones.expand(-1, 3, -1, -1))
 
 
-def test_authors_formulation_swaps_the_operators_and_gives_the_same_network():
+def test_the_authors_formulation_is_a_variant_of_the_same_network():
     torch.manual_seed(0)
     model = KXNet(scale=2, stages=2, setting="aniso").double()
+    theirs_model = KXNet(scale=2, stages=2, setting="aniso", operators=authors.AUTHORS).double()
+    theirs_model.load_state_dict(model.state_dict())
+    assert theirs_model.stages[0].knet.operators.kernel_gradient is authors.unfold_kernel_gradient
     lr = torch.rand(2, 3, 12, 12, dtype=torch.float64)
-    ours = model(lr)
-    with authors.authors_formulation():
-        assert physics.kernel_gradient is authors.unfold_kernel_gradient
-        theirs = model(lr)
-    assert physics.kernel_gradient is not authors.unfold_kernel_gradient
+    ours, theirs = model(lr), theirs_model(lr)
     for a, b in zip(ours.images + ours.kernels, theirs.images + theirs.kernels, strict=True):
         torch.testing.assert_close(a, b)
     (g_ours,) = torch.autograd.grad(ours.sr.sum(), model.stages[0].knet.gamma)
-    (g_theirs,) = torch.autograd.grad(theirs.sr.sum(), model.stages[0].knet.gamma)
+    (g_theirs,) = torch.autograd.grad(theirs.sr.sum(), theirs_model.stages[0].knet.gamma)
     torch.testing.assert_close(g_ours, g_theirs)
+
+
+@pytest.mark.parametrize("s,p", [(2, 11), (4, 21)])
+def test_the_exportable_kernel_gradient_computes_what_ours_computes(s, p):
+    x, _, r = _inputs(s, p)
+    torch.testing.assert_close(
+        physics.kernel_gradient_by_correlation(x, r, p, s), physics.kernel_gradient(x, r, p, s)
+    )

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from kxnet.bench.formulations import FORMULATIONS
-from kxnet.bench.runner import HOT_SPOTS, TARGETS
+from kxnet.bench.tables import TARGETS
+from kxnet.bench.variants import HOT_SPOTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

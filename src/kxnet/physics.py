@@ -23,11 +23,17 @@ run fastest (2-4× faster on CPU than using the batch as groups and the colours 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "Operators",
+    "OURS",
+    "EXPORTABLE",
     "full_precision",
     "check_shapes",
     "blur_downsample",
@@ -35,6 +41,7 @@ __all__ = [
     "transpose_ones",
     "adjusted_gradient",
     "kernel_gradient",
+    "kernel_gradient_by_correlation",
 ]
 
 
@@ -168,3 +175,39 @@ def kernel_gradient(x: Tensor, r: Tensor, p: int, scale: int) -> Tensor:
         _planes(_pad(x, p)), (planes, 1, p, p), _planes(r.to(x.dtype)), stride=scale, groups=planes
     )
     return grad.reshape(batch, channels, p, p).sum(1) / (channels * r.shape[-2] * r.shape[-1])
+
+
+def kernel_gradient_by_correlation(x: Tensor, r: Tensor, p: int, scale: int) -> Tensor:
+    """:func:`kernel_gradient` as a forward convolution: each padded plane correlated with its
+    residual dilated by s, cropped to p×p. Same result; forward operators only, as an exporter
+    (ONNX) needs them, at the cost of an h×w filter."""
+    batch, channels, height, width = x.shape
+    h, w = r.shape[-2:]
+    if r.shape != (batch, channels, height // scale, width // scale):
+        raise ValueError(
+            f"residual shape {tuple(r.shape)} does not match image {tuple(x.shape)} at x{scale}"
+        )
+    planes = batch * channels
+    grad = F.conv2d(
+        _planes(_pad(x, p)),
+        r.to(x.dtype).reshape(planes, 1, h, w),
+        dilation=scale,
+        groups=planes,
+    )[..., :p, :p]
+    return grad.reshape(batch, channels, p, p).sum(1) / (channels * h * w)
+
+
+@dataclass(frozen=True)
+class Operators:
+    """The four operators K-net and X-net are built on, in one formulation; the network takes one
+    of these (:data:`OURS` by default)."""
+
+    blur_downsample: Callable[[Tensor, Tensor, int], Tensor]
+    transpose_upsample: Callable[[Tensor, Tensor, int], Tensor]
+    transpose_ones: Callable[[Tensor, tuple[int, int], int], Tensor]
+    kernel_gradient: Callable[[Tensor, Tensor, int, int], Tensor]
+
+
+OURS = Operators(blur_downsample, transpose_upsample, transpose_ones, kernel_gradient)
+# What an exporter can trace: forward operators only.
+EXPORTABLE = replace(OURS, kernel_gradient=kernel_gradient_by_correlation)

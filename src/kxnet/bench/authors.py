@@ -10,14 +10,11 @@ Same results as :mod:`kxnet.physics` (up to rounding), at the cost of the author
 - ``k ⊗ₛᵀ e`` and the adjuster's ``k ⊗ₛᵀ 1``: transposed convolutions with the repeated kernel,
   the second one of a B×C×h×w tensor of ones, every stage.
 
-:func:`authors_formulation` swaps these into the network for a like-for-like comparison.
+:data:`AUTHORS` is the network's formulation of them (``KXNet(..., operators=AUTHORS)``), for a
+like-for-like comparison: same network, same weights.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +28,7 @@ __all__ = [
     "full_blur_downsample",
     "repeated_transpose_upsample",
     "transpose_conv_ones",
-    "authors_formulation",
+    "AUTHORS",
 ]
 
 _CHANNELS = 3
@@ -91,14 +88,9 @@ def transpose_conv_ones(k: Tensor, size: tuple[int, int], scale: int) -> Tensor:
     return repeated_transpose_upsample(ones, k, scale)
 
 
-@contextmanager
-def authors_formulation() -> Iterator[None]:
-    """Within this context the network and the synthesis use the authors' operator forms."""
-    with mock.patch.multiple(
-        physics,
-        blur_downsample=repeated_blur_downsample,
-        transpose_upsample=repeated_transpose_upsample,
-        transpose_ones=transpose_conv_ones,
-        kernel_gradient=unfold_kernel_gradient,
-    ):
-        yield
+AUTHORS = physics.Operators(
+    blur_downsample=repeated_blur_downsample,
+    transpose_upsample=repeated_transpose_upsample,
+    transpose_ones=transpose_conv_ones,
+    kernel_gradient=unfold_kernel_gradient,
+)

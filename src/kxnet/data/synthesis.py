@@ -18,7 +18,7 @@ realistic operators that may follow the blur are in :mod:`kxnet.data.realistic`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -133,10 +133,12 @@ class SeededBlurDownsample(Seeded, AugmentationBase2D):
         scale: SR factor s.
         kernel_size: p; defaults to the setting's (21, or 11/15/21 at x2/x3/x4 in Setting 2).
         sigma_range: range of σ (iso) or of σx and σy (aniso); defaults to SPEC §2.
+        blur_downsample: the operator's formulation (:func:`kxnet.physics.blur_downsample`, one
+            strided depthwise convolution; the benchmark passes the authors' form).
 
-    B×C×H×W (H, W multiples of s) → B×C×(H/s)×(W/s) by :func:`kxnet.physics.blur_downsample` (one
-    strided depthwise convolution). Parameters: ``kernel`` B×p×p and ``kernel_params`` B×3 (σx,
-    σy, θ; iso: σ, σ, 0), drawn as :func:`kxnet.kernels.random_isotropic` /
+    B×C×H×W (H, W multiples of s) → B×C×(H/s)×(W/s). Parameters: ``kernel`` B×p×p and
+    ``kernel_params`` B×3 (σx, σy, θ; iso: σ, σ, 0), drawn as
+    :func:`kxnet.kernels.random_isotropic` /
     :func:`~kxnet.kernels.random_anisotropic` draw them.
     """
 
@@ -146,8 +148,10 @@ class SeededBlurDownsample(Seeded, AugmentationBase2D):
         scale: int,
         kernel_size: int | None = None,
         sigma_range: Sequence[float] | None = None,
+        blur_downsample: Callable[[Tensor, Tensor, int], Tensor] = physics.blur_downsample,
     ) -> None:
         super().__init__(p=1.0)
+        self.blur_downsample = blur_downsample
         self.setting = str(setting)
         self.scale = int(scale)
         default_p = kernels.kernel_size(self.setting, self.scale)
@@ -186,7 +190,7 @@ class SeededBlurDownsample(Seeded, AugmentationBase2D):
         return {"kernel": params["kernel"], "kernel_params": params["kernel_params"]}
 
     def apply_transform(self, input, params, flags, transform=None) -> Tensor:
-        return physics.blur_downsample(input, params["kernel"], self.scale)
+        return self.blur_downsample(input, params["kernel"], self.scale)
 
 
 class SeededGaussianNoise(Seeded, RandomGaussianNoise):
@@ -314,11 +318,12 @@ def paper_degradation(
     sigma_range: Sequence[float] | None = None,
     noise_max: float | None = None,
     quantize: bool = True,
+    blur_downsample: Callable[[Tensor, Tensor, int], Tensor] = physics.blur_downsample,
 ) -> Degradation:
     """The paper's training degradation: random Gaussian blur, s-fold downsampling, noise σ ~
     U[0, noise_max] per sample (0–255 units; default 0 in "iso", 25 in "aniso"), clamp and (with
     ``quantize``) 8-bit rounding. See :class:`SeededBlurDownsample` for the other arguments."""
-    blur = SeededBlurDownsample(setting, scale, kernel_size, sigma_range)
+    blur = SeededBlurDownsample(setting, scale, kernel_size, sigma_range, blur_downsample)
     if noise_max is None:
         noise_max = 0.0 if blur.setting == "iso" else 25.0
     if noise_max < 0:

@@ -23,7 +23,7 @@ class KNet(nn.Module):
     ``K = normalise(ReLU(mean(out[:, :3]) + 1e-5))`` is non-negative and sums to 1. Everything
     but proxNet_K runs in float32 also under autocast. With ``recompute_data_term`` the gradient
     step keeps only its inputs for the backward pass and runs again there (it is cheap; what it
-    would keep, a padded copy of X, is not).
+    would keep, a padded copy of X, is not). ``operators`` is the formulation of the data terms.
     """
 
     def __init__(
@@ -32,8 +32,10 @@ class KNet(nn.Module):
         scale: int,
         channels_last: bool = False,
         recompute_data_term: bool = False,
+        operators: physics.Operators = physics.OURS,
     ) -> None:
         super().__init__()
+        self.operators = operators
         self.kernel_size = kernel_size
         self.scale = scale
         self.recompute_data_term = recompute_data_term
@@ -43,8 +45,9 @@ class KNet(nn.Module):
     def gradient_step(self, x: Tensor, y: Tensor, k: Tensor) -> Tensor:
         """``K½ = K − (γ/10)·G_K``: x B×3×H×W, y B×3×h×w, k B×p×p → B×p×p."""
         with physics.full_precision(x):
-            residual = physics.blur_downsample(x, k, self.scale) - y
-            grad = physics.kernel_gradient(x, residual, self.kernel_size, self.scale)
+            ops = self.operators
+            residual = ops.blur_downsample(x, k, self.scale) - y
+            grad = ops.kernel_gradient(x, residual, self.kernel_size, self.scale)
             return k - (self.gamma / 10) * grad
 
     def forward(self, x: Tensor, y: Tensor, k: Tensor, aux_k: Tensor) -> tuple[Tensor, Tensor]:

@@ -59,6 +59,10 @@ class KXNet(nn.Module):
         compile: ``torch.compile`` each stage: ``False``, ``True`` (the default mode) or a mode
             name such as ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. Parameter
             names and the state dict are those of the eager model.
+        operators: the formulation of the data terms (:class:`kxnet.physics.Operators`): ours
+            (:data:`~kxnet.physics.OURS`), one that an exporter can trace
+            (:data:`~kxnet.physics.EXPORTABLE`), or the authors' (:mod:`kxnet.bench.authors`).
+            Same weights and, up to rounding, the same results.
 
     Under ``torch.autocast`` only the proximal networks run in the lower precision; the data
     terms, the kernel normalisation and the returned estimates stay in float32.
@@ -74,6 +78,7 @@ class KXNet(nn.Module):
         channels_last: bool = False,
         recompute_data_terms: bool = False,
         compile: bool | str = False,
+        operators: physics.Operators = physics.OURS,
     ) -> None:
         super().__init__()
         if scale not in (2, 3, 4):
@@ -91,7 +96,7 @@ class KXNet(nn.Module):
         self.channels_last = channels_last
         recompute = recompute_data_terms and not checkpoint_stages
         self.stages = nn.ModuleList(
-            Stage(scale, kernel_size, channels_last, recompute) for _ in range(stages)
+            Stage(scale, kernel_size, channels_last, recompute, operators) for _ in range(stages)
         )
         laplacian = torch.tensor(_LAPLACIAN)
         self.aux_x_weight = nn.Parameter(laplacian.repeat(IMAGE_AUX_CHANNELS, 3, 1, 1))

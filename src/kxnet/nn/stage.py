@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kxnet import physics
 from kxnet.nn.knet import KNet
 from kxnet.nn.xnet import XNet
 
@@ -14,8 +15,8 @@ class Stage(nn.Module):
     """``K⁽ᵗ⁾ = K-net(X⁽ᵗ⁻¹⁾, K⁽ᵗ⁻¹⁾)``, then ``X⁽ᵗ⁾ = X-net(X⁽ᵗ⁻¹⁾, K⁽ᵗ⁾)``.
 
     With ``true_kernel`` given, K-net is skipped and X-net uses that kernel (the paper's non-blind
-    check, "KXNet (GT kernel)"). ``channels_last`` and ``recompute_data_terms`` are passed to
-    K-net and X-net.
+    check, "KXNet (GT kernel)"). ``channels_last``, ``recompute_data_terms`` and ``operators`` are
+    passed to K-net and X-net.
     """
 
     def __init__(
@@ -24,11 +25,12 @@ class Stage(nn.Module):
         kernel_size: int,
         channels_last: bool = False,
         recompute_data_terms: bool = False,
+        operators: physics.Operators = physics.OURS,
     ) -> None:
         super().__init__()
         self.scale = scale
-        self.knet = KNet(kernel_size, scale, channels_last, recompute_data_terms)
-        self.xnet = XNet(scale, channels_last, recompute_data_terms)
+        self.knet = KNet(kernel_size, scale, channels_last, recompute_data_terms, operators)
+        self.xnet = XNet(scale, channels_last, recompute_data_terms, operators)
 
     def forward(
         self,

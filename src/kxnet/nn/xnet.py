@@ -28,13 +28,19 @@ class XNet(nn.Module):
     next auxiliary variable is channels 6s²+3 onwards. The output channels in between are never
     used, so proxNet_X's last convolution skips them. Everything but proxNet_X runs in float32
     also under autocast. With ``recompute_data_term`` the adjusted gradient keeps only its inputs
-    for the backward pass and runs again there.
+    for the backward pass and runs again there. ``operators`` is the formulation of the data
+    terms.
     """
 
     def __init__(
-        self, scale: int, channels_last: bool = False, recompute_data_term: bool = False
+        self,
+        scale: int,
+        channels_last: bool = False,
+        recompute_data_term: bool = False,
+        operators: physics.Operators = physics.OURS,
     ) -> None:
         super().__init__()
+        self.operators = operators
         self.scale = scale
         self.recompute_data_term = recompute_data_term
         self.prox_net = ProxNet(xnet_channels(scale), channels_last=channels_last)
@@ -42,11 +48,11 @@ class XNet(nn.Module):
 
     def adjusted_gradient(self, x: Tensor, y: Tensor, k: Tensor) -> Tensor:
         """``Ĝ_X = (K ⊗ₛᵀ (A_K X − Y)) / (K ⊗ₛᵀ 1 + 1e−10)``: B×3×H×W, B×3×h×w, B×p×p → B×3×H×W."""
-        s = self.scale
+        s, ops = self.scale, self.operators
         with physics.full_precision(x):
-            residual = physics.blur_downsample(x, k, s) - y
-            ones_t = physics.transpose_ones(k, x.shape[-2:], s)
-            return physics.adjusted_gradient(physics.transpose_upsample(residual, k, s), ones_t)
+            residual = ops.blur_downsample(x, k, s) - y
+            ones_t = ops.transpose_ones(k, x.shape[-2:], s)
+            return physics.adjusted_gradient(ops.transpose_upsample(residual, k, s), ones_t)
 
     def forward(self, x: Tensor, y: Tensor, k: Tensor, aux_x: Tensor) -> tuple[Tensor, Tensor]:
         """x: B×3×H×W, y: B×3×h×w, k: B×p×p, aux_x: B×32×h×w.

@@ -57,6 +57,7 @@ from kxnet.errors import USER_ERRORS, ImageReadError, Interrupted, PredictError,
 from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.models import resolve_weights
 from kxnet.nn.kxnet import KXNet
+from kxnet.onnx_network import OnnxKXNet
 from kxnet.pictures import kernel_strip, text_band
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.tiling import (
@@ -79,6 +80,7 @@ __all__ = [
     "predict_images",
     "summary",
     "MAX_TILE",
+    "BACKENDS",
 ]
 
 _KERNEL_PNG_SIZE = 256
@@ -89,6 +91,11 @@ _NOT_FINITE = (
 # The largest tile.size and kernel_crop: the network's memory grows with their square (about
 # 2 GB of activations per 1024² LR pixels at x4), while the image size costs only strips.
 MAX_TILE = 4096
+
+
+# torch: the network in PyTorch (tiles, any device and precision); onnx: a model written by
+# kxnet-export, in onnxruntime on the CPU, each image in one piece.
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -424,7 +431,7 @@ def predict_image(
     smallest input (the reflect padding of the p×p kernel) are edge-padded and cropped back.
     """
     start = time.perf_counter()
-    device = next(iter(model.parameters()), model.k0).device
+    device = _device(model)
     _check_size(path, options, model.num_stages + 1 if options.save_stages else 1)
     lr, bit_depth, notes = _read(path)
     height, width = lr.shape[-2:]
@@ -564,6 +571,34 @@ def summary(results: Sequence[ImageResult], failures: Sequence[Failure], output_
     return "\n".join(lines)
 
 
+def _device(model: KXNet | OnnxKXNet) -> torch.device:
+    if isinstance(model, OnnxKXNet):
+        return torch.device("cpu")
+    return next(iter(model.parameters()), model.k0).device
+
+
+def _onnx_model(cfg: DictConfig, overrides: Sequence[str], options: PredictOptions) -> OnnxKXNet:
+    """backend=onnx: the exported model of ckpt_path, run by onnxruntime on the CPU."""
+    if not cfg.ckpt_path:
+        raise PredictError("backend=onnx needs ckpt_path=MODEL.onnx (written by kxnet-export)")
+    if options.precision != "32" or options.save_stages or str(cfg.device) not in ("auto", "cpu"):
+        raise PredictError(
+            "backend=onnx runs the final stage in float32 on the CPU: drop precision, "
+            "save_stages and device, or use backend=torch"
+        )
+    model = OnnxKXNet(Path(str(cfg.ckpt_path)).expanduser().absolute())
+    have = {
+        "scale": model.scale,
+        "stages": model.num_stages,
+        "kernel_size": model.kernel_size,
+        "setting": model.setting,
+    }
+    for key, value in asked_properties(cfg, overrides).items():
+        if value != have[key]:
+            raise PredictError(f"{key}={value} does not match {model.path} ({key} {have[key]})")
+    return model
+
+
 def _model(cfg: DictConfig, overrides: Sequence[str], device: torch.device) -> KXNet:
     if cfg.get("weights"):
         path, expect = resolve_weights(
@@ -616,7 +651,12 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         device = check_device(str(cfg.device), "device")
         options = _options(cfg)
         inputs = find_inputs(Path(str(cfg.input)).expanduser().absolute())
-        model = _model(cfg, overrides, device)
+        if cfg.backend not in BACKENDS:
+            raise PredictError(f"backend={cfg.backend} is not one of {', '.join(BACKENDS)}")
+        if cfg.backend == "onnx":
+            model, device = _onnx_model(cfg, overrides, options), torch.device("cpu")
+        else:
+            model = _model(cfg, overrides, device)
         options.check(model)
         output_dir = Path(str(cfg.output)).expanduser().absolute()
         check_output_dir(output_dir, inputs)
