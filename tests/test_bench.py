@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kxnet.bench.backends import BACKENDS
 from kxnet.bench.formulations import FORMULATIONS
+from kxnet.bench.profile import PARTS
 from kxnet.bench.tables import TARGETS
 from kxnet.bench.variants import HOT_SPOTS
 
@@ -28,6 +30,9 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
         "repeats=2",
         "hot_spots.warmup=0",
         "hot_spots.repeats=1",
+        "phases=[train,infer,synthesis,hot_spots,profile,conv,scaling,loader]",
+        "profile.warmup=0",
+        "profile.repeats=1",
         "threads=1",
         "device=cpu",
         "rss=false",
@@ -117,6 +122,34 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
     assert 1e12 < loader["paper_step_flops"] < 1e14
     for synthesis in ("synthesis_fraction_of_step", "realistic_synthesis_fraction_of_step"):
         assert report["targets"][synthesis]["value"] > 0
+    assert "Where the training step's time goes" in done.stdout
+    for precision in ("float32", "bfloat16"):
+        parts = report["profile"][precision]
+        assert set(parts) == {*PARTS.values(), "rest", "step"}
+        assert all(parts[part] > 0 for part in PARTS.values())
+        assert sum(v for k, v in parts.items() if k != "step") == pytest.approx(parts["step"])
+
+
+@pytest.mark.slow
+def test_the_backends_phase_times_one_image_through_each_backend(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = ["scale=2", "model.net.stages=1", "threads=1", "device=cpu", "phases=[backends]"]
+    overrides += ["backends.lr_size=24", "backends.warmup=0", "backends.repeats=2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "kxnet.bench", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run_dir / "bench.json").read_text())
+    results = report["backends"]["results"]
+    assert set(results) == set(BACKENDS)
+    for result in results.values():
+        assert len(result["wall_s"]["all"]) == 2 and result["rss"]["step"] >= 0
+    assert (run_dir / "kxnet.onnx").is_file()
+    assert report["targets"]["backend_time_ratio"]["value"] > 0
 
 
 def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):

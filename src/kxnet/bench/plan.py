@@ -10,14 +10,34 @@ from omegaconf import DictConfig, ListConfig
 
 from kxnet import kernels, physics
 from kxnet.bench import measure, variants
+from kxnet.bench.backends import BACKENDS
 from kxnet.checks import check_model, check_scale_setting, positive_int
 from kxnet.config import resolve_path
 from kxnet.data.images import read_image
 from kxnet.errors import StartupError
 
-__all__ = ["PHASES", "check", "infer_input", "phases", "sides", "conv_spec"]
+__all__ = [
+    "PHASES",
+    "check",
+    "infer_input",
+    "phases",
+    "sides",
+    "profile_specs",
+    "backend_specs",
+    "conv_spec",
+]
 
-PHASES = ("train", "infer", "synthesis", "hot_spots", "conv", "scaling", "loader")
+PHASES = (
+    "train",
+    "infer",
+    "synthesis",
+    "hot_spots",
+    "profile",
+    "backends",
+    "conv",
+    "scaling",
+    "loader",
+)
 
 
 def infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
@@ -56,14 +76,18 @@ def check(cfg: DictConfig) -> None:
     for key in ("batch", "lr_size", "repeats"):
         positive_int(cfg[key], key)
     positive_int(cfg.warmup, "warmup", minimum=0)
+    for group in ("profile", "backends"):
+        positive_int(cfg[group].repeats, f"{group}.repeats")
+        positive_int(cfg[group].warmup, f"{group}.warmup", minimum=0)
+    positive_int(cfg.backends.lr_size, "backends.lr_size")
     positive_int(cfg.hot_spots.repeats, "hot_spots.repeats")
     positive_int(cfg.hot_spots.warmup, "hot_spots.warmup", minimum=0)
     if cfg.threads is not None:
         positive_int(cfg.threads, "threads")
     positive_int(cfg.model.net.stages, "model.net.stages")  # a training step needs a stage
     check_model(cfg.scale, cfg.setting.name, cfg.model.net.stages, cfg.model.net.kernel_size)
-    presets = measure.run_isolated(variants.degradation_presets)
-    for name in cfg.degradations:
+    presets = measure.run_isolated(variants.degradation_presets) if "synthesis" in phases else []
+    for name in cfg.degradations if presets else []:
         if name not in presets:
             raise StartupError(
                 f"degradations: no data/degradation preset {name!r} ({', '.join(presets)})"
@@ -161,3 +185,32 @@ def conv_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "warmup": int(cfg.conv.warmup),
         "repeats": int(cfg.conv.repeats),
     }
+
+
+def profile_specs(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, Any]]:
+    """The profile phase: our training step in each precision of ``precisions``."""
+    ours, _ = sides(cfg, device, None)
+    reps = {"warmup": int(cfg.profile.warmup), "repeats": int(cfg.profile.repeats)}
+    return {
+        str(precision): ours | reps | {"dtype": str(precision), "compile": False}
+        for precision in cfg.precisions
+    }
+
+
+def backend_specs(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, Any]]:
+    """The backends phase: one image of ``backends.lr_size``² LR pixels through each backend of
+    :data:`kxnet.bench.backends.BACKENDS` (CPU)."""
+    ours, theirs = sides(cfg, device, None)
+    common = {
+        "device": "cpu",
+        "image_size": int(cfg.backends.lr_size),
+        "warmup": int(cfg.backends.warmup),
+        "repeats": int(cfg.backends.repeats),
+        "compile": False,
+        "checkpoint_stages": False,
+    }
+    specs = {}
+    for name, (_, backend, dtype, formulation) in BACKENDS.items():
+        side = theirs if formulation == "authors" else ours
+        specs[name] = side | common | {"backend": backend, "dtype": dtype}
+    return specs

@@ -70,6 +70,16 @@ def _scope(event: Any) -> str | None:
     return None
 
 
+def _inside_backward(event: Any) -> bool:
+    """Whether a backward node's evaluation holds ``event`` (it is counted with that node)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(_BACKWARD):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def shares(events: Any) -> dict[str, float]:
     """Seconds per part (``PARTS``' values, ``rest`` and ``step``, the total) from a profile."""
     seconds = dict.fromkeys([*PARTS.values(), "rest"], 0.0)
@@ -79,19 +89,14 @@ def shares(events: Any) -> dict[str, float]:
         if e.sequence_nr >= 0 and not e.name.startswith(_BACKWARD):
             created.setdefault(e.sequence_nr, _scope(e))
     for e in events:
+        if _inside_backward(e):
+            continue
         if e.name.startswith(_BACKWARD):
             scope = created.get(e.sequence_nr)
             if scope is not None:
                 seconds[PARTS[scope]] += e.cpu_time_total / 1e6
             continue
-        inside_backward = False
-        parent = e.cpu_parent
-        while parent is not None:
-            if parent.name.startswith(_BACKWARD):
-                inside_backward = True
-                break
-            parent = parent.cpu_parent
-        scope = None if inside_backward else _scope(e)
+        scope = _scope(e)
         if scope is not None:
             seconds[PARTS[scope]] += e.self_cpu_time_total / 1e6
     seconds["rest"] = max(0.0, step - sum(seconds.values()))

@@ -29,6 +29,7 @@ tables; :func:`run` returns the report that the command writes to ``bench.json``
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +38,8 @@ from rich.console import Console
 
 from kxnet import hardware
 from kxnet.bench import formulations, loader, measure, plan, scaling, tables
-from kxnet.bench.variants import measure_phase, measure_rss
+from kxnet.bench.backends import export_for, measure_backend
+from kxnet.bench.variants import measure_phase, measure_profile, measure_rss
 from kxnet.checks import check_device
 from kxnet.config import resolve_path
 
@@ -125,6 +127,20 @@ def _loader(cfg: DictConfig, console: Console) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def _backends(cfg: DictConfig, device: torch.device, console: Console) -> dict[str, Any]:
+    """The backends phase: the ONNX model exported into the run folder, then each backend in a
+    process of its own."""
+    specs = plan.backend_specs(cfg, device)
+    path = Path(cfg.paths.output_dir) / "kxnet.onnx"
+    console.log(f"exporting the network to {path}")
+    measure.run_isolated(export_for, specs["onnxruntime"], path)
+    results = {}
+    for name, spec in specs.items():
+        console.log(f"timing backends/{name}")
+        results[name] = measure.run_isolated(measure_backend, spec | {"onnx_path": str(path)})
+    return {"lr_size": int(cfg.backends.lr_size), "results": results}
+
+
 def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Measure the configuration ``cfg`` (the ``bench`` config); returns the JSON report."""
     console = console or Console()
@@ -174,6 +190,14 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "results": results,
         "targets": tables.targets(results, bool(cfg.model.net.checkpoint_stages)),
     }
+    if "profile" in cfg.phases:
+        report["profile"] = {}
+        for precision, spec in plan.profile_specs(cfg, device).items():
+            console.log(f"profiling the training step, {precision}")
+            report["profile"][precision] = measure.run_isolated(measure_profile, spec)
+    if "backends" in cfg.phases:
+        report["backends"] = _backends(cfg, device, console)
+        report["targets"] |= tables.backend_targets(report["backends"])
     if "conv" in cfg.phases:
         console.log(f"timing conv: {', '.join(formulations.FORMULATIONS)}")
         spec = plan.conv_spec(cfg, device)

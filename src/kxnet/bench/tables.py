@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from kxnet.bench import variants
+from kxnet.bench.backends import BACKENDS
 
 __all__ = [
     "TARGETS",
     "ratios",
     "targets",
     "loader_targets",
+    "backend_targets",
     "format_seconds",
     "format_bytes",
     "format_ratio",
@@ -138,6 +140,55 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
     return table
+
+
+def _profile_table(result: dict[str, dict[str, float]], cfg: dict) -> Table:
+    title = (
+        f"Where the training step's time goes (torch.profiler; x{cfg['scale']}, "
+        f"S={cfg['model']['net']['stages']}, batch {cfg['batch']}, LR {cfg['lr_size']}²)"
+    )
+    columns = ["part"]
+    for precision in result:
+        columns += [precision, "share"]
+    table = _table(title, tuple(columns))
+    parts = [p for p in next(iter(result.values())) if p != "step"]
+    for part in [*parts, "step"]:
+        row = [part if part != "step" else "the step (profiled)"]
+        for seconds in result.values():
+            row += [format_seconds(seconds[part]), f"{seconds[part] / seconds['step']:.0%}"]
+        table.add_row(*row)
+    return table
+
+
+def _backends_table(result: dict[str, Any], cfg: dict) -> Table:
+    size = result["lr_size"]
+    title = (
+        f"Inference of one {size}×{size} LR image at x{cfg['scale']}, "
+        f"S={cfg['model']['net']['stages']}, on the CPU, per backend"
+    )
+    table = _table(title, ("backend", "time", "spread", "memory (RSS growth)", "time ×authors'"))
+    theirs = result["results"].get("authors", {}).get("wall_s", {}).get("median")
+    for name, r in result["results"].items():
+        wall = r["wall_s"]
+        table.add_row(
+            BACKENDS[name][0],
+            format_seconds(wall["median"]),
+            f"±{(wall['max'] - wall['min']) / 2 / wall['median']:.0%}",
+            format_bytes(r["rss"]["step"]),
+            format_ratio(_ratio(wall["median"], theirs)),
+        )
+    return table
+
+
+def backend_targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The fastest of our CPU backends against the authors' network."""
+    times = {name: r["wall_s"]["median"] for name, r in result["results"].items()}
+    theirs = times.pop("authors", None)
+    fastest = min(times, key=times.get)
+    value = _ratio(times[fastest], theirs)
+    label = f"fastest CPU inference ({BACKENDS[fastest][0]}) / authors'"
+    met = None if value is None else value <= 0.5
+    return {"backend_time_ratio": {"label": label, "value": value, "target": "<= 0.5", "met": met}}
 
 
 def _conv_table(result: dict[str, Any], cfg: dict) -> Table:
@@ -273,6 +324,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         value = "–" if t["value"] is None else f"{t['value']:.3f}"
         met = {True: "yes", False: "no", None: "–"}[t["met"]]
         goals.add_row(t["label"], value, t["target"], met)
+    if "profile" in report:
+        console.print(_profile_table(report["profile"], cfg))
+    if "backends" in report:
+        console.print(_backends_table(report["backends"], cfg))
     if "conv" in report:
         console.print(_conv_table(report["conv"], cfg))
     if "scaling" in report:

@@ -32,6 +32,7 @@ from kxnet.nn import KXNet
 
 __all__ = [
     "DTYPES",
+    "build_model",
     "SHORT",
     "HOT_SPOTS",
     "BUILDERS",
@@ -50,7 +51,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SHORT = {"float32": "", "bfloat16": "_bf16"}
 
 
-def _model(spec: dict[str, Any], device: torch.device) -> KXNet:
+def build_model(spec: dict[str, Any], device: torch.device) -> KXNet:
+    """The spec's network, its weights drawn from the spec's seed."""
     torch.manual_seed(spec["seed"])
     model = KXNet(
         scale=spec["scale"],
@@ -103,7 +105,7 @@ def _train_parts(
     spec: dict[str, Any], device: torch.device
 ) -> tuple[KXNet, Callable[[], None], Callable[[], None]]:
     """The network, its forward and backward pass on one batch, and the optimiser's step."""
-    model = _model(spec, device).train()
+    model = build_model(spec, device).train()
     generator = torch.Generator(device=device).manual_seed(spec["seed"])
     size = spec["lr_size"] * spec["scale"]
     hr = torch.rand(spec["batch"], 3, size, size, generator=generator, device=device)
@@ -144,7 +146,7 @@ def _infer_callable(
 ) -> Callable[[], None]:
     """The inference pass; with ``inference_mode=False`` it records the autograd graph instead,
     for the FLOP counter, which cannot follow parameter views made with gradients off."""
-    model = _model(spec, device).eval()
+    model = build_model(spec, device).eval()
     lr = spec["infer_lr"].to(device)
     keep = spec["formulation"] == "authors"  # the authors' network returns every stage
     grad_off = torch.inference_mode if inference_mode else contextlib.nullcontext
