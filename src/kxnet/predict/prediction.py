@@ -579,8 +579,10 @@ def _device(model: KXNet | OnnxKXNet) -> torch.device:
 
 def _onnx_model(cfg: DictConfig, overrides: Sequence[str], options: PredictOptions) -> OnnxKXNet:
     """backend=onnx: the exported model of ckpt_path, run by onnxruntime on the CPU."""
-    if not cfg.ckpt_path:
-        raise PredictError("backend=onnx needs ckpt_path=MODEL.onnx (written by kxnet-export)")
+    if not cfg.ckpt_path or cfg.get("weights"):
+        raise PredictError(
+            "backend=onnx needs ckpt_path=MODEL.onnx (written by kxnet-export), not weights=…"
+        )
     if options.precision != "32" or options.save_stages or str(cfg.device) not in ("auto", "cpu"):
         raise PredictError(
             "backend=onnx runs the final stage in float32 on the CPU: drop precision, "
