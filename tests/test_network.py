@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,8 +192,12 @@ def test_bfloat16_autocast_runs_only_the_proximal_networks_in_bfloat16(monkeypat
 
         return recorded
 
-    for name in ("blur_downsample", "transpose_upsample", "kernel_gradient", "adjusted_gradient"):
-        monkeypatch.setattr(physics, name, recording(getattr(physics, name)))
+    monkeypatch.setattr(physics, "adjusted_gradient", recording(physics.adjusted_gradient))
+    for module in fast.modules():
+        if isinstance(getattr(module, "operators", None), physics.Operators):
+            ops = module.operators
+            wrapped = {f.name: recording(getattr(ops, f.name)) for f in fields(ops)}
+            monkeypatch.setattr(module, "operators", physics.Operators(**wrapped))
     with torch.no_grad():
         ref = plain(lr)
         seen["proxnet"].clear(), seen["physics"].clear()

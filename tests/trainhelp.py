@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -63,15 +64,15 @@ class DtypeProbe(pl.Callback):
                     if isinstance(conv, torch.nn.Conv2d):
                         hook = conv.register_forward_hook(self._conv)
                         self.undo.append(hook.remove)
-        for name in (
-            "blur_downsample",
-            "transpose_upsample",
-            "kernel_gradient",
-            "adjusted_gradient",
-        ):
-            real = getattr(physics, name)
-            setattr(physics, name, self._wrap(real))
-            self.undo.append(lambda name=name, real=real: setattr(physics, name, real))
+        real = physics.adjusted_gradient
+        physics.adjusted_gradient = self._wrap(real)
+        self.undo.append(lambda: setattr(physics, "adjusted_gradient", real))
+        for module in pl_module.net.modules():
+            ops = getattr(module, "operators", None)
+            if isinstance(ops, physics.Operators):
+                wrapped = {f.name: self._wrap(getattr(ops, f.name)) for f in fields(ops)}
+                module.operators = physics.Operators(**wrapped)
+                self.undo.append(lambda module=module, ops=ops: setattr(module, "operators", ops))
         loss = pl_module.loss
 
         def probed_loss(output, hr, kernel):
