@@ -42,6 +42,7 @@ from kxnet.checks import (
 )
 from kxnet.config import resolve_path
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
+from kxnet.ensemble import SelfEnsemble
 from kxnet.errors import USER_ERRORS, EvalError, Interrupted, report_error
 from kxnet.eval import report
 from kxnet.eval.evaluation import (
@@ -51,6 +52,7 @@ from kxnet.eval.evaluation import (
     method_name,
     summarize,
 )
+from kxnet.eval.no_reference import check_photos, evaluate_photos, photos_markdown, write_photos
 from kxnet.hardware import PRECISIONS
 from kxnet.metrics import psnr
 from kxnet.models import resolve_weights
@@ -76,7 +78,8 @@ class EvalOptions:
     datasets: benchmark sets (None: the paper's four, those missing skipped); noise: noise
     levels (None: the setting's); true_kernel: X-net gets the true kernel; method: the row name
     (None: from the model); warmup: untimed passes before each set; progress: a bar per set;
-    precision: ``32`` (the paper's numbers) or ``bf16`` (the proximal networks in bfloat16).
+    precision: ``32`` (the paper's numbers) or ``bf16`` (the proximal networks in bfloat16);
+    self_ensemble: the x8 self-ensemble (:mod:`kxnet.ensemble`).
     """
 
     datasets: tuple[str, ...] | None = None
@@ -88,6 +91,7 @@ class EvalOptions:
     method: str | None = None
     progress: bool = False
     precision: str = "32"
+    self_ensemble: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EvalOptions:
@@ -114,6 +118,7 @@ class EvalOptions:
             method=cfg.get("method"),
             progress=bool(cfg.get("progress", False)),
             precision=precision,
+            self_ensemble=bool(cfg.get("self_ensemble", False)),
         )
 
 
@@ -173,6 +178,8 @@ def _records(
     console: Console | None,
 ) -> list[dict]:
     records: list[dict] = []
+    if options.self_ensemble:
+        model = SelfEnsemble(model)
     progress = _progress(console or Console(stderr=True)) if options.progress else None
     with progress or nullcontext():
         for dataset in sets:
@@ -215,7 +222,7 @@ def run_evaluation(
     records = _records(model, sets, device, options, console)
     payload = {
         "protocol": PROTOCOL_VERSION,
-        "method": options.method or method_name(model, options.true_kernel),
+        "method": options.method or _method(model, options),
         "config": {
             "scale": model.scale,
             "stages": model.num_stages,
@@ -235,6 +242,11 @@ def run_evaluation(
     }
     report.write_files(output_dir, report.run_files(payload))
     return payload
+
+
+def _method(model: KXNet, options: EvalOptions) -> str:
+    name = method_name(model, options.true_kernel)
+    return f"{name} x8" if options.self_ensemble and model.num_stages else name
 
 
 def comparison_table(trained: Sequence[dict], bicubic: Sequence[dict], stages: int) -> str:
@@ -351,11 +363,31 @@ def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") ->
     return KXNet(cfg.scale, 0, kernel_size=net.kernel_size, setting=cfg.setting.name)
 
 
+def _run_photos(cfg: DictConfig, overrides: Sequence[str], console: Console) -> int:
+    """``eval.photos=DIR``: NIQE of every photo's SR image beside bicubic's (no ground truth)."""
+    options = EvalOptions.from_config(cfg.eval)
+    device = check_device(options.device, "eval.device")
+    images = check_photos(resolve_path(cfg.eval.photos))
+    model = build_model(cfg, overrides, device)
+    output_dir = check_writable(resolve_path(cfg.paths.output_dir), "paths.output_dir")
+    remove_leftovers(output_dir)
+    method = options.method or _method(model, options)
+    console.print(f"NIQE of {method} on {len(images)} photos ({device})", markup=False)
+    net = SelfEnsemble(model) if options.self_ensemble else model
+    payload = evaluate_photos(net, images, device, method, options.precision)
+    written = write_photos(output_dir, payload)
+    print(photos_markdown(payload), flush=True)
+    print(f"Wrote {', '.join(p.name for p in written)} to {output_dir}", flush=True)
+    return 0
+
+
 def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Check everything that can be checked, evaluate, write the tables; the exit status."""
     console = Console(stderr=True)
     try:
         check_scale_setting(cfg.scale, cfg.setting.name)
+        if cfg.eval.get("photos"):
+            return _run_photos(cfg, overrides, console)
         plan = EvalPlan.from_config(cfg)
         options, device = plan.options, plan.device
         model = build_model(cfg, overrides, device)
@@ -368,7 +400,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         sets = plan.sets(model)
     except USER_ERRORS as err:
         return report_error(err)
-    method = options.method or method_name(model, options.true_kernel)
+    method = options.method or _method(model, options)
     console.print(
         f"Evaluating {method}: {model.setting} x{model.scale}, "
         f"{model.num_stages} stages, on {', '.join(plan.names)} at noise "

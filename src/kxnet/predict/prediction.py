@@ -53,12 +53,14 @@ from kxnet.data.images import (
     list_images,
     to_float,
 )
+from kxnet.ensemble import SelfEnsemble
 from kxnet.errors import USER_ERRORS, ImageReadError, Interrupted, PredictError, report_error
 from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.models import resolve_weights
 from kxnet.nn.kxnet import KXNet
 from kxnet.onnx_network import OnnxKXNet
 from kxnet.pictures import kernel_strip, text_band
+from kxnet.predict.kernel_map import kernel_map_picture, tiled_kernel_forward
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.tiling import (
     central_crop,
@@ -81,6 +83,7 @@ __all__ = [
     "summary",
     "MAX_TILE",
     "BACKENDS",
+    "KERNEL_MODES",
 ]
 
 _KERNEL_PNG_SIZE = 256
@@ -91,6 +94,7 @@ _NOT_FINITE = (
 # The largest tile.size and kernel_crop: the network's memory grows with their square (about
 # 2 GB of activations per 1024² LR pixels at x4), while the image size costs only strips.
 MAX_TILE = 4096
+KERNEL_MODES = ("global", "tiled")
 
 
 # torch: the network in PyTorch (tiles, any device and precision); onnx: a model written by
@@ -110,6 +114,9 @@ class PredictOptions:
         output strips are kept per stage) accepted; larger ones are refused from their header.
     precision: ``32``, or ``bf16`` (the proximal networks in bfloat16, the data terms in
         float32; see the README for what it costs in PSNR).
+    kernel: ``global`` (one kernel per image, from the central crop) or ``tiled`` (a kernel
+        per tile, :mod:`kxnet.predict.kernel_map`; the SR image is assembled in memory).
+    self_ensemble: the x8 self-ensemble (:mod:`kxnet.ensemble`), eight times the time.
     """
 
     tile_size: int = 1024
@@ -118,6 +125,8 @@ class PredictOptions:
     save_stages: bool = False
     max_pixels: int = 64_000_000
     precision: str = "32"
+    kernel: str = "global"
+    self_ensemble: bool = False
 
     def resolved_overlap(self, model: KXNet) -> int:
         if self.overlap is not None:
@@ -143,6 +152,14 @@ class PredictOptions:
         if self.precision not in PRECISIONS:
             raise PredictError(
                 f"precision={self.precision} is not a precision: use precision=32 or precision=bf16"
+            )
+        if self.kernel not in KERNEL_MODES:
+            raise PredictError(
+                f"kernel={self.kernel} is not a mode: use kernel=global or kernel=tiled"
+            )
+        if self.kernel == "tiled" and self.save_stages:
+            raise PredictError(
+                "kernel=tiled writes the final image and the kernel map only: set save_stages=false"
             )
         if self.kernel_crop < smallest:
             raise PredictError(
@@ -417,6 +434,32 @@ def _write_kernels(
     return [stage_dir / f"x_{t:02d}.png" for t in range(len(kernels))]
 
 
+def _predict_tiled(
+    model: KXNet,
+    lr: Tensor,
+    outputs: AtomicFiles,
+    stem: str,
+    options: PredictOptions,
+    bit_depth: int,
+    size: tuple[int, int],
+) -> None:
+    """``kernel=tiled``: the SR image (``size``, the LR's before any padding) of kernels
+    estimated per tile, ``NAME_kernel.npy`` (rows×cols×p×p, a kernel per tile) and
+    ``NAME_kernel.png`` (the kernel map)."""
+    (height, width), s = size, model.scale
+    result = tiled_kernel_forward(
+        model, to_float(lr), options.tile_size, options.resolved_overlap(model)
+    )
+    kernels = result.kernels[:, :, 0].float().cpu()
+    _save_npy(kernels.numpy(), outputs.path(f"{stem}_kernel.npy"))
+    picture = kernel_map_picture(to_float(lr[0]).cpu(), kernels, result.tiles)
+    _save_picture(_to_image(picture), outputs.path(f"{stem}_kernel.png"))
+    with open(outputs.path(f"{stem}.png"), "wb") as f:
+        writer = PngStreamWriter(f, width * s, height * s, bit_depth=bit_depth)
+        writer.write(_quantise(result.sr[..., : height * s, : width * s], bit_depth))
+        writer.close()
+
+
 def predict_image(
     model: KXNet,
     path: Path,
@@ -432,6 +475,8 @@ def predict_image(
     """
     start = time.perf_counter()
     device = _device(model)
+    if options.self_ensemble:
+        model = SelfEnsemble(model)
     _check_size(path, options, model.num_stages + 1 if options.save_stages else 1)
     lr, bit_depth, notes = _read(path)
     height, width = lr.shape[-2:]
@@ -443,6 +488,13 @@ def predict_image(
     count = sum(len(row) for row in tiles)
     outputs = AtomicFiles(output_dir, replace=False)
     cast = inference_autocast(device, options.precision)
+    if options.kernel == "tiled":
+        with cast, outputs:
+            _predict_tiled(model, lr.to(device), outputs, stem, options, bit_depth, (height, width))
+            written = outputs.commit()
+        notes.append(f"a kernel for each of {count} tiles")
+        seconds = time.perf_counter() - start
+        return ImageResult(path, written, (height, width), count, notes, seconds)
     with torch.inference_mode(), cast, outputs, ExitStack() as files:
         crop = to_float(central_crop(lr, options.kernel_crop)).to(device)
         estimate = model(crop)
@@ -588,6 +640,11 @@ def _onnx_model(cfg: DictConfig, overrides: Sequence[str], options: PredictOptio
             "backend=onnx runs the final stage in float32 on the CPU: drop precision, "
             "save_stages and device, or use backend=torch"
         )
+    if options.kernel != "global" or options.self_ensemble:
+        raise PredictError(
+            "backend=onnx runs one kernel per image without the self-ensemble: drop kernel and "
+            "self_ensemble, or use backend=torch"
+        )
     model = OnnxKXNet(Path(str(cfg.ckpt_path)).expanduser().absolute())
     have = {
         "scale": model.scale,
@@ -633,8 +690,9 @@ def _options(cfg: DictConfig) -> PredictOptions:
     for key, value in (*limits, ("max_pixels", cfg.max_pixels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PredictError(f"{key}={value} must be a positive number of LR pixels")
-    if not isinstance(cfg.save_stages, bool):
-        raise PredictError(f"save_stages={cfg.save_stages} must be true or false")
+    for key in ("save_stages", "self_ensemble"):
+        if not isinstance(cfg[key], bool):
+            raise PredictError(f"{key}={cfg[key]} must be true or false")
     return PredictOptions(
         tile_size=cfg.tile.size,
         overlap=None if overlap == "auto" else overlap,
@@ -642,6 +700,8 @@ def _options(cfg: DictConfig) -> PredictOptions:
         save_stages=cfg.save_stages,
         max_pixels=cfg.max_pixels,
         precision=str(cfg.precision),
+        kernel=str(cfg.kernel),
+        self_ensemble=cfg.self_ensemble,
     )
 
 
