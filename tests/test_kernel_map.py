@@ -79,6 +79,7 @@ def _train(steps: int = 300, seed: int = 0) -> KXNet:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the training: about a minute on 2 idle cores
 def test_tiled_kernels_beat_the_global_kernel_on_two_differently_blurred_halves():
     torch.manual_seed(0)
     model = _train()
@@ -101,4 +102,5 @@ def test_tiled_kernels_beat_the_global_kernel_on_two_differently_blurred_halves(
     )
     tiled_psnr = metrics.psnr(tiled.sr, hr, 2).item()
     global_psnr = metrics.psnr(plain.sr, hr, 2).item()
+    print(f"kernel L1 tiled {tile_error} global {global_error}, PSNR {tiled_psnr} {global_psnr}")
     assert tiled_psnr > global_psnr, (tiled_psnr, global_psnr)
