@@ -82,23 +82,19 @@ def evaluate_photos(
 
 
 def photos_markdown(payload: dict[str, Any]) -> str:
-    """NIQE per photo and the average, bicubic beside the model (lower is better)."""
+    """NIQE per photo and the average, bicubic beside the model (lower is better); one column
+    when the model is bicubic."""
 
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 
-    lines = [
-        f"| Image | Bicubic | {payload['method']} |",
-        "|---|---|---|",
-        *(
-            f"| {r['image']} | {cell(r['niqe_bicubic'])} | {cell(r['niqe'])} |"
-            for r in payload["records"]
-        ),
-    ]
-    summary = payload["summary"]
-    lines.append(
-        f"| **average** | **{cell(summary['niqe_bicubic'])}** | **{cell(summary['niqe'])}** |"
-    )
+    keys = ["niqe_bicubic"] + ([] if payload["method"] == "Bicubic" else ["niqe"])
+    names = ["Bicubic", payload["method"]][: len(keys)]
+    lines = [f"| Image | {' | '.join(names)} |", "|---" * (len(keys) + 1) + "|"]
+    for r in payload["records"]:
+        lines.append(f"| {r['image']} | {' | '.join(cell(r[k]) for k in keys)} |")
+    means = " | ".join(f"**{cell(payload['summary'][k])}**" for k in keys)
+    lines.append(f"| **average** | {means} |")
     return "\n".join(lines)
 
 
