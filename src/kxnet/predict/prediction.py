@@ -451,6 +451,9 @@ def _predict_tiled(
         model, to_float(lr), options.tile_size, options.resolved_overlap(model)
     )
     kernels = result.kernels[:, :, 0].float().cpu()
+    for what, value in (("kernel estimate", kernels), ("SR image", result.sr)):
+        if not bool(torch.isfinite(value).all()):
+            raise ArithmeticError(_NOT_FINITE.format(what=what))
     _save_npy(kernels.numpy(), outputs.path(f"{stem}_kernel.npy"))
     picture = kernel_map_picture(to_float(lr[0]).cpu(), kernels, result.tiles)
     _save_picture(_to_image(picture), outputs.path(f"{stem}_kernel.png"))
