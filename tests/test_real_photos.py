@@ -136,6 +136,7 @@ def test_predict_self_ensemble_runs_eight_passes(tmp_path, photos, weights):
         (["kernel=local"], "kernel=local is not a mode"),
         (["kernel=tiled", "save_stages=true"], "set save_stages=false"),
         (["self_ensemble=yes"], "self_ensemble=yes must be true or false"),
+        (["backend=onnx", "kernel=tiled"], "backend=onnx runs one kernel per image"),
     ],
 )
 def test_predict_refuses_bad_options(tmp_path, photos, weights, capsys, extra, message):
