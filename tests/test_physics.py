@@ -161,3 +161,21 @@ def test_float32_matches_float64():
     x, k = _batch(2, 3, 10, s, p)
     y = physics.blur_downsample(x, k, s)
     torch.testing.assert_close(physics.blur_downsample(x.float(), k.float(), s), y.float())
+
+
+def test_transpose_upsample_names_a_residual_of_the_wrong_rank():
+    k = kernels.isotropic_gaussian(torch.tensor([1.0]), 5)
+    with pytest.raises(ValueError, match=r"residual must be B×C×h×w, got shape \(3, 4, 4\)"):
+        physics.transpose_upsample(torch.zeros(3, 4, 4), k, 2)
+
+
+def test_the_adjuster_keeps_the_sign_where_no_kernel_tap_reaches():
+    """Eq. 11's ``+ eps``: an HR pixel that no tap covers (k ⊗ₛᵀ 1 = 0) gets a large gradient of
+    the same sign, never an infinite or flipped one."""
+    grad = torch.tensor([2.0, -3.0, 4.0]).view(1, 3, 1, 1)
+    adjusted = physics.adjusted_gradient(grad, torch.zeros(1, 1, 1, 1))
+    assert torch.isfinite(adjusted).all()
+    assert torch.equal(adjusted.sign(), grad.sign()) and (adjusted.abs() > 1e9).all()
+    torch.testing.assert_close(
+        physics.adjusted_gradient(grad, torch.full((1, 1, 1, 1), 2.0)), grad / 2
+    )
