@@ -105,6 +105,9 @@ def run(name: str, workdir: Path, children: int) -> None:
     """Runs mutmut on ``name`` (its output in ``workdir/mutmut.log``)."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.setdefault("KXNET_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
+    # One thread a mutant: mutmut runs one mutant a core, and torch's thread pool on a busy core
+    # makes the small tensors' tests several times slower.
+    env.setdefault("OMP_NUM_THREADS", "1")
     with (workdir / "mutmut.log").open("w") as log:
         subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
