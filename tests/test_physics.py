@@ -179,3 +179,12 @@ def test_the_adjuster_keeps_the_sign_where_no_kernel_tap_reaches():
     torch.testing.assert_close(
         physics.adjusted_gradient(grad, torch.full((1, 1, 1, 1), 2.0)), grad / 2
     )
+
+
+def test_full_precision_turns_autocast_off_on_the_tensors_device():
+    a = torch.rand(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+        with physics.full_precision(a):
+            assert (a @ a).dtype == torch.float32
+        assert (a @ a).dtype == torch.bfloat16
