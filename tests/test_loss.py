@@ -72,3 +72,22 @@ def test_the_configured_weights_reach_the_module_that_trains(tmp_path, weights):
 def test_weights_must_not_be_negative():
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
         StageLoss(image_stage_weight=-0.1)
+
+
+def test_one_stage_is_weighted_as_the_last():
+    """T = 1: the one stage is the last, so α_T and β_T weigh it."""
+    value = StageLoss(0.1, 1.0, 0.2, 2.0)(*_errors(stages=1))
+    assert value.total.item() == pytest.approx(1.0 * 10 + 2.0 * 1)
+
+
+def test_an_output_of_unequal_stage_lists_is_refused():
+    out, hr, kernel = _errors(stages=3)
+    with pytest.raises(ValueError):
+        StageLoss()(KXNetOutput(images=out.images, kernels=out.kernels[:-1]), hr, kernel)
+
+
+def test_a_network_without_stages_is_refused_in_one_line():
+    out = KXNetOutput(images=[torch.zeros(1, 3, 4, 4)], kernels=[torch.zeros(1, 3, 3)])
+    message = r"^the loss needs a network with at least one stage \(model\.net\.stages >= 1\)$"
+    with pytest.raises(ValueError, match=message):
+        StageLoss()(out, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 3))
