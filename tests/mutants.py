@@ -2,7 +2,8 @@
 carry the paper and the promises, and runs the fast tests that cover each module; a change that
 no test notices is a surviving mutant.
 
-Usage: ``python tests/mutants.py [MODULE ...]`` (no module: all of them). Each module is run in
+Usage: ``python tests/mutants.py [--report] [MODULE ...]`` (no module: all of them;
+``--report``: the table of the last run, running nothing). Each module is run in
 ``outputs/mutants/MODULE`` (a copy of the checkout made by mutmut) and printed as one line of the
 score table: killed / (mutants - the equivalent ones listed in ``EQUIVALENT``). Within a module,
 mutmut runs each mutant only against the tests (of the module's list) that call the mutated
@@ -146,7 +147,8 @@ def score(name: str, found: dict[str, str]) -> dict[str, int | float]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(MODULES)
+    report_only = "--report" in argv
+    names = [a for a in argv if a != "--report"] or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         print(f"mutants: unknown module {', '.join(unknown)}; pick from {', '.join(MODULES)}")
@@ -155,9 +157,10 @@ def main(argv: list[str]) -> int:
     rows = []
     for name in names:
         workdir = ROOT / "outputs" / "mutants" / name
-        prepare(name, workdir)
-        run(name, workdir, children)
-        found = outcomes(workdir)
+        if not report_only:
+            prepare(name, workdir)
+            run(name, workdir, children)
+        found = outcomes(workdir) if (workdir / "mutants").is_dir() else {}
         if not found:
             print(f"mutants: mutmut did not finish on {name}: see {workdir / 'mutmut.log'}")
             return 1

@@ -21,24 +21,26 @@ PAPER = {
 
 
 def _errors(stages: int = 3) -> tuple[KXNetOutput, torch.Tensor, torch.Tensor]:
-    """An output whose stage t has image error t and kernel error 10·t (stage 0 carries no
-    loss), and its targets."""
+    """An output whose stage t has image error t² and kernel error 10·t² (stage 0 carries no
+    loss; squares, so that no two weightings of the stages give the same total), and its
+    targets."""
     hr, kernel = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 3)
     out = KXNetOutput(
-        images=[hr + t for t in range(stages + 1)],
-        kernels=[kernel + 10 * t for t in range(stages + 1)],
+        images=[hr + t * t for t in range(stages + 1)],
+        kernels=[kernel + 10 * t * t for t in range(stages + 1)],
     )
     return out, hr, kernel
 
 
 def _eq_12(w: dict[str, float], stages: int = 3) -> float:
-    """Σ_t α_t·10t + β_t·t, with α_t, β_t the stage weights for t < T and the final ones at T."""
-    earlier = range(1, stages)
+    """Σ_t α_t·10t² + β_t·t², with α_t, β_t the stage weights for t < T and the final ones at
+    T."""
+    earlier = sum(t * t for t in range(1, stages))
     return (
-        w["kernel_stage_weight"] * sum(10 * t for t in earlier)
-        + w["kernel_final_weight"] * 10 * stages
-        + w["image_stage_weight"] * sum(earlier)
-        + w["image_final_weight"] * stages
+        w["kernel_stage_weight"] * 10 * earlier
+        + w["kernel_final_weight"] * 10 * stages**2
+        + w["image_stage_weight"] * earlier
+        + w["image_final_weight"] * stages**2
     )
 
 
@@ -91,3 +93,10 @@ def test_a_network_without_stages_is_refused_in_one_line():
     message = r"^the loss needs a network with at least one stage \(model\.net\.stages >= 1\)$"
     with pytest.raises(ValueError, match=message):
         StageLoss()(out, torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 3))
+
+
+def test_a_zero_weight_leaves_its_term_out():
+    """Weights may be 0: StageLoss(0, 0, 0.1, 1) is the image loss alone."""
+    out, hr, kernel = _errors()
+    image_only = StageLoss(0.0, 0.0, 0.1, 1.0)(out, hr, kernel).total.item()
+    assert image_only == pytest.approx(0.1 * (1 + 4) + 9)
