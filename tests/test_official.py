@@ -30,6 +30,7 @@ def check_outputs(model, official):
 def test_loaded_model_reproduces_the_authors_network(official):
     model = kxnet.load_official(official["state_dict"])
     assert (model.scale, model.num_stages, model.kernel_size) == (2, 2, 11)
+    assert model.setting == "aniso", "p = 11 is Setting 2's x2 kernel"
     check_outputs(model, official)
 
 
@@ -56,7 +57,8 @@ def test_refuses_a_checkpoint_that_does_not_fit(official, kwargs, message):
 def test_refuses_something_else():
     with pytest.raises(ValueError, match="unexpected key 'conv1.weight'"):
         kxnet.load_official({"conv1.weight": torch.zeros(1)})
-    with pytest.raises(ValueError, match="no 'kernel_map'"):
+    message = r"^the official checkpoint has no 'kernel_map': not a KXNet state dict$"
+    with pytest.raises(ValueError, match=message):
         kxnet.load_official({})
 
 
