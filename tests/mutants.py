@@ -57,6 +57,13 @@ EQUIVALENT: dict[str, str] = {
         "size / scale for size // scale: the same wherever it is called, since the network's HR "
         "size is always s times the LR size"
     ),
+    "kxnet.physics.x_kernel_gradient__mutmut_3": (
+        "height / scale for height // scale in the shape check: the same for HR sizes s·h"
+    ),
+    "kxnet.physics.x_kernel_gradient__mutmut_4": (
+        "width / scale for width // scale in the shape check: the same for HR sizes s·w"
+    ),
+    "kxnet.physics.x_kernel_gradient__mutmut_42": "r.shape[+2] for r.shape[-2]: r is B×C×h×w",
     "kxnet.physics.x_transpose_ones__mutmut_3": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
     "kxnet.physics.x_transpose_ones__mutmut_4": "k.shape[-2] for k.shape[-1]: kernels are square",
 }

@@ -188,3 +188,15 @@ def test_full_precision_turns_autocast_off_on_the_tensors_device():
         with physics.full_precision(a):
             assert (a @ a).dtype == torch.float32
         assert (a @ a).dtype == torch.bfloat16
+
+
+def test_kernel_gradient_takes_a_residual_of_another_dtype():
+    """Under autocast the residual may come in bfloat16 while the image is float32: it is cast
+    to the image's dtype, and the gradient is the float32 one of the rounded residual."""
+    x, _ = _batch(1, 3, 6, 2, 5)
+    r = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    low = physics.kernel_gradient(x, r.to(torch.bfloat16), 5, 2)
+    assert low.dtype == x.dtype
+    torch.testing.assert_close(
+        low, physics.kernel_gradient(x, r.to(torch.bfloat16).to(x.dtype), 5, 2)
+    )
