@@ -66,3 +66,35 @@ def test_conversion_covers_every_parameter(official):
     converted = convert_official_state_dict(official["state_dict"])
     model = kxnet.KXNet(scale=2, stages=2, kernel_size=11, setting="aniso")
     assert set(converted) == set(model.state_dict())
+
+
+def _as_official(model: kxnet.KXNet, template: dict) -> dict:
+    """``model``'s weights under the authors' keys (those of ``template``, an official state
+    dict of the same stage count)."""
+    ours = model.state_dict()
+    official = {}
+    for key, value in template.items():
+        if key == "gamma_stage":
+            gammas = [ours[f"stages.{t}.knet.gamma"] for t in range(model.num_stages)]
+            official[key] = torch.stack(gammas).reshape(value.shape)
+        elif key not in ("kernel_map0", "eta_stage"):
+            (converted,) = convert_official_state_dict({key: value})
+            official[key] = ours[converted]
+    return official
+
+
+@pytest.mark.parametrize(
+    "scale,kernel_size,setting", [(3, 15, "aniso"), (4, 21, "iso"), (2, 11, "aniso")]
+)
+def test_scale_stages_kernel_and_setting_are_read_from_the_checkpoint(
+    official, scale, kernel_size, setting
+):
+    """Checkpoints of every scale: X-net's channels give the scale, the kernel map p (Setting 2
+    for p = 11 or 15, else Setting 1), and the weights arrive where they were."""
+    torch.manual_seed(scale)
+    theirs = kxnet.KXNet(scale, 2, kernel_size=kernel_size, setting=setting)
+    model = kxnet.load_official(_as_official(theirs, official["state_dict"]))
+    assert (model.scale, model.num_stages, model.kernel_size) == (scale, 2, kernel_size)
+    assert model.setting == setting
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
