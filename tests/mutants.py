@@ -64,6 +64,14 @@ EQUIVALENT: dict[str, str] = {
         "width / scale for width // scale in the shape check: the same for HR sizes s·w"
     ),
     "kxnet.physics.x_kernel_gradient__mutmut_42": "r.shape[+2] for r.shape[-2]: r is B×C×h×w",
+    "kxnet.physics.x_check_shapes__mutmut_13": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
+    "kxnet.physics.x_check_shapes__mutmut_14": "k.shape[-2] for k.shape[-1]: kernels are square",
+    "kxnet.physics.x_check_shapes__mutmut_16": "x.shape[+2:] for x.shape[-2:]: x is B×C×H×W",
+    "kxnet.physics.x_check_shapes__mutmut_22": "p / 2 >= m for p // 2 >= m: the same for odd p, m",
+    "kxnet.physics.x_blur_downsample__mutmut_15": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
+    "kxnet.physics.x_transpose_upsample__mutmut_35": "k.shape[+1] for k.shape[-1]: B×p×p",
+    "kxnet.physics.x_transpose_upsample__mutmut_36": "k.shape[-2] for k.shape[-1]: square",
+    "kxnet.physics.x_transpose_upsample__mutmut_46": "out.shape[+2:] for out.shape[-2:]: 4-D",
     "kxnet.physics.x_transpose_ones__mutmut_3": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
     "kxnet.physics.x_transpose_ones__mutmut_4": "k.shape[-2] for k.shape[-1]: kernels are square",
 }

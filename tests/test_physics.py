@@ -200,3 +200,28 @@ def test_kernel_gradient_takes_a_residual_of_another_dtype():
     torch.testing.assert_close(
         low, physics.kernel_gradient(x, r.to(torch.bfloat16).to(x.dtype), 5, 2)
     )
+
+
+def test_kernel_gradient_of_a_non_square_image_matches_autograd():
+    s, p = 2, 5
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 12, 20, generator=g, dtype=torch.float64)
+    k = torch.rand(1, p, p, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.rand(1, 3, 6, 10, generator=g, dtype=torch.float64)
+    r = physics.blur_downsample(x, k, s) - y
+    (auto,) = torch.autograd.grad(0.5 * r.pow(2).sum() / (3 * 6 * 10), k)
+    torch.testing.assert_close(physics.kernel_gradient(x, r.detach(), p, s), auto)
+
+
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((3, 8, 8), r"^image must be B×C×H×W, got shape \(3, 8, 8\)$"),
+        ((1, 3, 8, 9), r"^image size 8×9 is not divisible by scale 2: mod-crop it first$"),
+        ((1, 3, 9, 8), r"^image size 9×8 is not divisible by scale 2: mod-crop it first$"),
+    ],
+)
+def test_check_shapes_names_what_does_not_fit(shape, message):
+    k = torch.full((1, 5, 5), 1 / 25)
+    with pytest.raises(ValueError, match=message):
+        physics.check_shapes(torch.zeros(shape), k, 2)
