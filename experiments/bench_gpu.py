@@ -35,6 +35,7 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
     if smoke:
         size = ["batch=1", "lr_size=8", "model.net.stages=1", "warmup=0", "repeats=1"]
         device = ["device=cpu", "threads=1", "rss=false", "conv.warmup=0", "conv.repeats=1"]
+        device += ["matmul_size=64"]
         sweep = ["scaling.stages=[1,2]", "scaling.lr_sizes=[8]", "scaling.batches=[1]"]
         sweep += ["scaling.warmup=0", "scaling.repeats=1"]
     else:

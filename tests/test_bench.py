@@ -34,6 +34,7 @@ def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
         "profile.warmup=0",
         "profile.repeats=1",
         "threads=1",
+        "matmul_size=64",
         "device=cpu",
         "rss=false",
         f"paths.benchmark_dir={tmp_path}",
@@ -167,6 +168,7 @@ def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path):
         (["precisions=[float16]"], "precisions must list float32"),
         (["infer.image=Set5/missing.png"], "missing.png does not exist"),
         (["degradations=[paper,bogus]"], "no data/degradation preset 'bogus'"),
+        (["matmul_size=-1"], "matmul_size=-1 must be an integer >= 0"),
     ]:
         done = bench(*overrides)
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]

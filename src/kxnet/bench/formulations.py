@@ -83,7 +83,9 @@ def measure_formulations(spec: dict[str, Any]) -> dict[str, Any]:
         for form in FORMULATIONS
     }
     timings = measure.time_interleaved(fns, device, spec["warmup"], spec["repeats"])
-    peaks = {p: measure.matmul_peak(device, DTYPES[p]) for p in spec["precisions"]}
+    peaks = {
+        p: measure.matmul_peak(device, DTYPES[p], spec["matmul_size"]) for p in spec["precisions"]
+    }
     results = {}
     for name, timing in timings.items():
         precision = name.split("/")[1]

@@ -84,6 +84,7 @@ def check(cfg: DictConfig) -> None:
     positive_int(cfg.hot_spots.warmup, "hot_spots.warmup", minimum=0)
     if cfg.threads is not None:
         positive_int(cfg.threads, "threads")
+    positive_int(cfg.matmul_size, "matmul_size", minimum=0)
     positive_int(cfg.model.net.stages, "model.net.stages")  # a training step needs a stage
     check_model(cfg.scale, cfg.setting.name, cfg.model.net.stages, cfg.model.net.kernel_size)
     presets = measure.run_isolated(variants.degradation_presets) if "synthesis" in phases else []
@@ -184,6 +185,7 @@ def conv_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "precisions": list(cfg.precisions),
         "warmup": int(cfg.conv.warmup),
         "repeats": int(cfg.conv.repeats),
+        "matmul_size": int(cfg.matmul_size),
     }
 
 

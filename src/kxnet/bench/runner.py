@@ -64,6 +64,7 @@ def _scaling(cfg: DictConfig, device: torch.device, console: Console) -> dict[st
         "warmup": int(spec.warmup),
         "repeats": int(spec.repeats),
         "matmul_peak": False,
+        "matmul_size": int(cfg.matmul_size),
     }
     measured = {}
     for name, point in scaling.points(base, sweep, list(spec.checkpointing)).items():
@@ -160,6 +161,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
             "warmup": int(reps.warmup),
             "repeats": int(reps.repeats),
             "matmul_peak": not peak and phase in ("train", "infer"),
+            "matmul_size": int(cfg.matmul_size),
         }
         console.log(f"timing {phase}: {', '.join(specs)}")
         out = measure.run_isolated(measure_phase, specs, common)

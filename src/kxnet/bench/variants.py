@@ -261,7 +261,7 @@ def measure_phase(specs: dict[str, dict[str, Any]], common: dict[str, Any]) -> d
     peaks = {}
     if common["matmul_peak"]:
         for dtype in common["precisions"]:
-            peaks[dtype] = measure.matmul_peak(device, DTYPES[dtype])
+            peaks[dtype] = measure.matmul_peak(device, DTYPES[dtype], common["matmul_size"])
     return {"variants": variants, "matmul_peak": peaks}
 
 
