@@ -79,7 +79,7 @@ def _train(steps: int = 300, seed: int = 0) -> KXNet:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # the training: about a minute on 2 idle cores
+@pytest.mark.timeout(900)  # the training: about a minute on 2 idle cores
 def test_tiled_kernels_beat_the_global_kernel_on_two_differently_blurred_halves():
     torch.manual_seed(0)
     model = _train()
