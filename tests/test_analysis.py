@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kxnet import analysis, kernels, metrics, physics
+from kxnet import analysis, description, kernels, metrics, physics
 from kxnet.checkpoint import CheckpointError, save_weights
 from kxnet.config import project_root
 from kxnet.nn import KXNet, KXNetOutput
@@ -40,7 +40,7 @@ def test_kernel_parameters_that_name_no_shape_and_indices_out_of_range_are_refus
 @pytest.mark.parametrize(("setting", "scale"), [("iso", 2), ("iso", 4), ("aniso", 4)])
 def test_robustness_kernels_stay_in_the_training_range(setting, scale):
     sweep = analysis.robustness_kernels(setting, scale)
-    low, high = kernels.train_sigma_range(setting, scale)
+    low, high = description.train_sigma_range(setting, scale)
     assert len(sweep) == 8
     if setting == "iso":
         sigmas = [p["sigma"] for p in sweep]

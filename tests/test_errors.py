@@ -330,12 +330,12 @@ CASES = {
     "predict: no pixels allowed": (
         "predict",
         ["model.net.stages=0", "input={images}", "max_pixels=0"],
-        r"max_pixels=0 must be a positive number",
+        r"max_pixels=0 must be an integer >= 1",
     ),
     "predict: no such precision": (
         "predict",
         ["model.net.stages=0", "input={images}", "precision=fp8"],
-        r"precision=fp8 is not a precision: use precision=32 or precision=bf16",
+        r"precision=fp8 is not a precision: use precision=32 or bf16",
     ),
     "predict: checkpoint holding code": (
         "predict",

@@ -15,9 +15,10 @@ from PIL import Image
 
 from kxnet import metrics
 from kxnet.checkpoint import load_model, save_weights
-from kxnet.config import project_root
+from kxnet.config import checked, project_root
 from kxnet.data.benchmarks import BenchmarkSet
-from kxnet.eval import driver as kx_eval
+from kxnet.errors import USER_ERRORS, report_error
+from kxnet.eval import run as kx_eval
 from kxnet.eval.report import PAPER_TABLES
 from kxnet.nn import KXNet
 from test_atomic import dead_pid, leftover
@@ -97,6 +98,10 @@ def _run(overrides):
     """``kx_eval.run`` in-process on the composed config; the command line is ``overrides``."""
     with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
         cfg = compose("eval", overrides=list(overrides))
+    try:
+        cfg = checked(cfg)
+    except USER_ERRORS as err:
+        return report_error(err)
     return kx_eval.run(cfg, overrides)
 
 
@@ -313,7 +318,7 @@ def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
         ([f"ckpt_path={tmp_path / 'none.pt'}"], "no such checkpoint file"),
         ([f"ckpt_path={OFFICIAL}", "model.net.stages=19"], "checkpoint has stages=2"),
         (["paper=table1", f"ckpt_path={tiny_weights}"], "has setting=aniso but setting=iso"),
-        ([f"ckpt_path={tiny_weights}", "eval.require=[depth]"], "eval.require=['depth'] names"),
+        ([f"ckpt_path={tiny_weights}", "eval.warmup=-2"], "eval.warmup=-2 must be an integer >= 0"),
         (["model.net.stages=0", "eval.true_kernel=true"], "bicubic has no X-net"),
         (
             [f"ckpt_path={tiny_weights}", f"paths.cache_dir={tiny_weights}"],

@@ -35,7 +35,7 @@ from kxnet.data.hr_dataset import EpochSampler
 from kxnet.data.resumable import ResumableDataLoader
 from kxnet.errors import DataError, DivergedError, StartupError, one_line_errors
 from kxnet.train import train
-from kxnet.train.checkpoint_io import AtomicCheckpointIO
+from kxnet.train.atomic_checkpoints import AtomicCheckpointIO
 from trainhelp import QUIET, compose_train
 
 TESTS = Path(__file__).parent
@@ -508,7 +508,7 @@ def test_a_nan_step_is_not_applied_under_16_bit_mixed_precision(tmp_path):
     # Lightning's 16-mixed on a GPU: autocast and a grad scaler, which unscales the gradients
     # before the module drops them; here the same with the CPU's scaler.
     plugins = (
-        "trainer.plugins=[{_target_: kxnet.train.checkpoint_io.AtomicCheckpointIO}, "
+        "trainer.plugins=[{_target_: kxnet.train.atomic_checkpoints.AtomicCheckpointIO}, "
         "{_target_: lightning.pytorch.plugins.precision.MixedPrecision, precision: 16-mixed, "
         "device: cpu, scaler: {_target_: torch.amp.GradScaler, device: cpu}}]"
     )

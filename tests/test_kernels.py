@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kxnet import kernels
+from kxnet import description, kernels
 
 
 def _moments(k):
@@ -108,13 +108,13 @@ def test_auxiliary_banks(setting, p):
 
 
 def test_per_scale_values_and_errors():
-    assert [kernels.kernel_size("aniso", s) for s in (2, 3, 4)] == [11, 15, 21]
-    assert [kernels.kernel_size("iso", s) for s in (2, 3, 4)] == [21, 21, 21]
-    assert kernels.train_sigma_range("iso", 3) == (0.2, 3.0)
-    assert kernels.train_sigma_range("aniso", 2) == (0.6, 5.0)
+    assert [description.kernel_size("aniso", s) for s in (2, 3, 4)] == [11, 15, 21]
+    assert [description.kernel_size("iso", s) for s in (2, 3, 4)] == [21, 21, 21]
+    assert description.train_sigma_range("iso", 3) == (0.2, 3.0)
+    assert description.train_sigma_range("aniso", 2) == (0.6, 5.0)
     with pytest.raises(ValueError, match="setting"):
-        kernels.kernel_size("gauss", 2)
+        description.kernel_size("gauss", 2)
     with pytest.raises(ValueError, match="scale"):
-        kernels.kernel_size("iso", 5)
+        description.kernel_size("iso", 5)
     with pytest.raises(ValueError, match="odd"):
         kernels.isotropic_gaussian(torch.tensor([1.0]), 10)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kxnet import KXNet, kernels, physics
+from kxnet import KXNet, description, kernels, physics
 from kxnet.nn.proxnet import ProxNet
 
 
@@ -26,7 +26,7 @@ def test_x4_parameter_count_matches_the_authors_model():
 @pytest.mark.parametrize("setting", ["iso", "aniso"])
 def test_output_shapes_and_kernel_constraint(scale, setting):
     model = KXNet(scale=scale, stages=2, setting=setting).eval()
-    p = kernels.kernel_size(setting, scale)
+    p = description.kernel_size(setting, scale)
     lr = torch.rand(2, 3, 12, 16)
     with torch.no_grad():
         out = model(lr)

@@ -49,7 +49,7 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch):
 
 def test_eval_refuses_an_unknown_precision():
     from kxnet.errors import EvalError
-    from kxnet.eval.driver import EvalOptions
+    from kxnet.eval.run import EvalOptions
 
     assert EvalOptions.from_config({"precision": 32}).precision == "32"
     assert EvalOptions.from_config({"precision": "bf16"}).precision == "bf16"

@@ -13,7 +13,8 @@ from PIL import Image
 
 from kxnet import KXNet
 from kxnet.checkpoint import load_model, save_weights
-from kxnet.config import project_root
+from kxnet.config import checked, project_root
+from kxnet.errors import USER_ERRORS, report_error
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.prediction import PredictError, PredictOptions, predict_image, run
 from test_atomic import dead_pid
@@ -37,9 +38,17 @@ def weights(tmp_path):
 
 
 def _run(overrides):
+    """``run`` in-process on the config ``python -m kxnet.predict`` would hand it (outside a
+    Hydra run, the run folder is the output folder)."""
+    output = [o.split("=", 1)[1] for o in overrides if o.startswith("output=")]
+    run_folder = [f"paths.output_dir={output[0]}"] if output else []
     with initialize_config_module("kxnet.conf.predict", version_base="1.3"):
-        cfg = compose("predict", overrides=overrides)
-    return run(cfg, overrides)
+        cfg = compose("predict", overrides=[*run_folder, *overrides])
+    try:
+        cfg = checked(cfg)
+    except USER_ERRORS as err:
+        return report_error(err)
+    return run(cfg)
 
 
 def test_scale_and_stages_come_from_the_checkpoint(images, weights, tmp_path, capsys):
@@ -60,7 +69,7 @@ def test_scale_and_stages_come_from_the_checkpoint(images, weights, tmp_path, ca
         (["setting=iso"], "but setting=iso was asked for"),
         (["tile.size=20"], "tile.size=20 leaves a core of -12 LR pixels"),
         (["tile.overlap=wide"], "tile.overlap=wide must be a number of LR pixels or auto"),
-        (["kernel_crop=0"], "kernel_crop=0 must be a positive number"),
+        (["kernel_crop=0"], "kernel_crop=0 must be an integer >= 1"),
         (["device=cuda:7"], "device=cuda:7"),
         (["device=gpu"], "device=gpu is not a device"),
         (["output=INPUT"], "is the folder of the input images"),

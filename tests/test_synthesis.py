@@ -4,7 +4,7 @@ import pytest
 import torch
 from kornia.augmentation import AugmentationBase2D, ImageSequential, RandomGaussianNoise
 
-from kxnet import kernels, physics
+from kxnet import description, kernels, physics
 from kxnet.data.synthesis import drawn_parameters, paper_degradation, step_generator
 
 
@@ -153,8 +153,8 @@ def test_bad_arguments_raise():
 def _todays_pairs(hr, setting, scale, generator):
     """The synthesis as it was before the kornia modules, written out: the draw order (kernels,
     then noise levels, then the noise field), blur, noise, clamp, 8-bit rounding."""
-    p = kernels.kernel_size(setting, scale)
-    sigma_range = kernels.train_sigma_range(setting, scale)
+    p = description.kernel_size(setting, scale)
+    sigma_range = description.train_sigma_range(setting, scale)
     batch = hr.shape[0]
     if setting == "iso":
         k, sigma = kernels.random_isotropic(batch, p, sigma_range, generator)

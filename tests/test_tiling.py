@@ -1,5 +1,8 @@
+from collections.abc import Sequence
+
 import pytest
 import torch
+from torch import Tensor
 
 from kxnet import KXNet, kernels
 from kxnet.predict.tiling import (
@@ -7,7 +10,7 @@ from kxnet.predict.tiling import (
     min_input_size,
     plan_tiles,
     receptive_radius,
-    tiled_forward,
+    run_tile,
 )
 
 
@@ -61,6 +64,24 @@ def test_tiles_partition_the_image_and_respect_the_size():
     assert [[t.core for t in r] for r in plan_tiles(7, 9, size=10, overlap=4)] == [[(0, 0, 7, 9)]]
     with pytest.raises(ValueError, match="no core"):
         plan_tiles(50, 50, size=8, overlap=4)
+
+
+def tiled_forward(
+    model: KXNet, lr: Tensor, stage_kernels: Sequence[Tensor], size: int, overlap: int
+) -> list[Tensor]:
+    """X⁽⁰⁾ … X⁽ᵀ⁾ of the whole image (B×3×h·s×w·s each), assembled from tiles in memory."""
+    s = model.scale
+    batch, channels, height, width = lr.shape
+    images = [
+        lr.new_empty(batch, channels, height * s, width * s) for _ in range(model.num_stages + 1)
+    ]
+    for row in plan_tiles(height, width, size, overlap):
+        for tile in row:
+            top, left, bottom, right = tile.core
+            parts = run_tile(model, tile.window(lr), tile, stage_kernels)
+            for full, part in zip(images, parts, strict=True):
+                full[..., top * s : bottom * s, left * s : right * s] = part
+    return images
 
 
 @pytest.mark.parametrize("scale,setting", [(2, "aniso"), (3, "iso"), (4, "aniso")])

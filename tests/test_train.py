@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -25,9 +26,10 @@ from wandb.proto import wandb_internal_pb2
 
 from kxnet import KXNet
 from kxnet.atomic import SHARED_AGE_S
+from kxnet.config import checked
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.errors import ImageFolderError, StartupError
-from kxnet.eval import driver
+from kxnet.eval import run as evaluation_run
 from kxnet.metrics import psnr
 from kxnet.pictures import comparison_strip
 from kxnet.train import train
@@ -379,7 +381,7 @@ def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, caps
         titled.append(kwargs)
         return comparison_strip(*args, **kwargs)
 
-    monkeypatch.setattr(driver, "comparison_strip", spy)
+    monkeypatch.setattr(evaluation_run, "comparison_strip", spy)
     eval_cfg = "eval={datasets: [Tiny], noise: [0], device: cpu, num_workers: 0}"
     cfg = compose_train(tmp_path, "debug=limit", eval_cfg, *tiny_benchmark, *QUIET)
     train(cfg)
@@ -416,6 +418,32 @@ def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, caps
         "Tiny_baby_k0_noise0_kernels.png",
         "Tiny_bird_k0_noise0.png",
         "Tiny_bird_k0_noise0_kernels.png",
+    ]
+    # The same weights through `python -m kxnet.eval`: the same engine, the same figures.
+    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
+        eval_cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={_weights(tmp_path)}",
+                f"paths.output_dir={tmp_path / 'kxnet-eval'}",
+                f"paths.benchmark_dir={cfg.paths.benchmark_dir}",
+                f"paths.cache_dir={cfg.paths.cache_dir}",
+                "eval.datasets=[Tiny]",
+                "eval.noise=[0]",
+                "eval.device=cpu",
+                "eval.num_workers=0",
+                "eval.warmup=0",
+                "eval.progress=false",
+            ],
+        )
+    assert evaluation_run.run(checked(eval_cfg)) == 0
+    command = json.loads((tmp_path / "kxnet-eval" / "results.json").read_text())
+    figures = ("dataset", "image", "kernel_index", "noise", "psnr_y", "ssim_y", "psnr_rgb")
+    assert [[r[k] for k in figures] for r in command["records"]] == [
+        [r[k] for k in figures] for r in ours["records"]
+    ]
+    assert [{k: s[k] for k in ("psnr_y", "ssim_y")} for s in command["summary"]] == [
+        {k: s[k] for k in ("psnr_y", "ssim_y")} for s in ours["summary"]
     ]
 
 

@@ -13,16 +13,18 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-import kxnet.config  # noqa: F401  (registers the kx.* resolvers the configs use)
+from kxnet.config import checked
 
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
 def compose_train(output_dir: Path | None, *overrides: str, hydra: bool = False) -> DictConfig:
-    """The training config, writing under ``output_dir``."""
+    """The training config, writing under ``output_dir``, as ``python -m kxnet.train`` hands it
+    over (:func:`kxnet.config.checked`); with ``hydra``, as composed, Hydra's config included."""
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
     with initialize_config_module("kxnet.conf.train", version_base="1.3"):
-        return compose("train", overrides=[*extra, *overrides], return_hydra_config=hydra)
+        cfg = compose("train", overrides=[*extra, *overrides], return_hydra_config=hydra)
+    return cfg if hydra else checked(cfg)
 
 
 def run_train(

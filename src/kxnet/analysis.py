@@ -4,7 +4,7 @@
 - :func:`kernel_sweep`: PSNR/SSIM-Y of several methods on images degraded by each kernel of a
   sweep of widths and shapes (Fig. 5b), summarised by :func:`sweep_summary`;
 - :func:`load_hr_images`, :func:`gaussian_kernel`, :func:`degrade_image`: the test data, made
-  as the benchmark test sets are (SPEC §1-2: reflect-padded blur, s-fold downsampling, AWGN,
+  as the benchmark test sets are (reflect-padded blur, s-fold downsampling, AWGN,
   8-bit LR);
 - :func:`stages_markdown`, :func:`sweep_markdown`: the results as markdown tables.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kxnet import kernels, metrics
+from kxnet import description, kernels, metrics
 from kxnet.data.benchmarks import degrade, mod_crop, noise_seed
 from kxnet.data.images import list_images, read_image
 from kxnet.nn import KXNet, KXNetOutput
@@ -97,7 +97,7 @@ def robustness_kernels(setting: str, scale: int) -> list[dict]:
     Setting 1: σ evenly spaced from 0.5 to the top of the range (2.0 / 3.0 / 4.0 for x2 / x3 /
     x4). Setting 2: three isotropic widths, then rotated kernels of growing elongation.
     """
-    _, high = kernels.train_sigma_range(setting, scale)
+    _, high = description.train_sigma_range(setting, scale)
     if setting == "iso":
         return [{"sigma": round(float(s), 3)} for s in torch.linspace(0.5, high, 8)]
     shapes = [

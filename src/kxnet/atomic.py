@@ -18,7 +18,7 @@ temporary files (and only those) whose writer is gone.
 Lightning's own checkpoint writer (``lightning.fabric.utilities.cloud_io._atomic_save`` in 2.6)
 writes a temporary file in the system's temporary folder and moves it into place without
 ``fsync``: when that folder is on another file system than the checkpoints, the move is a copy
-into the target, which a kill leaves half-written; :class:`kxnet.train.checkpoint_io.
+into the target, which a kill leaves half-written; :class:`kxnet.train.atomic_checkpoints.
 AtomicCheckpointIO` makes the Trainer save through :func:`atomic_save` instead.
 """
 

@@ -38,6 +38,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 from torch import Tensor
 
 from kxnet.atomic import atomic_save
+from kxnet.description import ModelDescription
 from kxnet.errors import CheckpointError
 from kxnet.nn.kxnet import KXNet
 from kxnet.official import convert_official_state_dict, load_official
@@ -101,13 +102,9 @@ _UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def model_config(model: KXNet) -> dict:
-    """``{scale, stages, kernel_size, setting}`` of a network: what rebuilds it."""
-    return {
-        "scale": model.scale,
-        "stages": model.num_stages,
-        "kernel_size": model.kernel_size,
-        "setting": model.setting,
-    }
+    """``{scale, stages, kernel_size, setting}`` of a network: what rebuilds it (its
+    :class:`~kxnet.description.ModelDescription`)."""
+    return model.description.as_dict()
 
 
 def save_weights(model: KXNet, path: str | os.PathLike) -> Path:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import secrets
 import sys
@@ -19,9 +20,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from kxnet import hardware, kernels
+from kxnet import description, hardware, schema
 from kxnet.errors import StartupError, one_line_errors
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "register_resolvers",
     "run_id",
     "check_command_line",
+    "checked",
     "command",
 ]
 
@@ -127,7 +129,8 @@ def run_id() -> str:
 def register_resolvers() -> None:
     """``${kx.root:}``, ``${kx.bundled:DATA_DIR,SUB}`` (:func:`bundled_path`),
     ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
-    ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}``,
+    ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}`` (null at a null
+    scale), ``${kx.noise_max:SETTING}`` (:mod:`kxnet.description`),
     ``${kx.config_groups:APP}`` (the help's list of groups) and ``${kx.run_id:}``
     (:func:`run_id`, drawn once per config: cached, and copied by Hydra into every job of a
     sweep, so that a run's folder name is the same wherever it is read)."""
@@ -136,10 +139,15 @@ def register_resolvers() -> None:
         "kx.bundled": lambda data_dir, sub: bundled_path(data_dir, str(sub)),
         "kx.cpu_precision": hardware.cpu_precision,
         "kx.config_groups": lambda app: format_config_groups(str(app)),
-        "kx.kernel_size": lambda setting, scale: kernels.kernel_size(str(setting), int(scale)),
-        "kx.sigma_range": lambda setting, scale: OmegaConf.create(
-            list(kernels.train_sigma_range(str(setting), int(scale)))
+        "kx.kernel_size": lambda setting, scale: (
+            None if scale is None else description.kernel_size(setting, scale)
         ),
+        "kx.sigma_range": lambda setting, scale: (
+            None
+            if scale is None
+            else OmegaConf.create(list(description.train_sigma_range(setting, scale)))
+        ),
+        "kx.noise_max": lambda setting: description.train_noise_max(setting),
     }
     for name, fn in resolvers.items():
         OmegaConf.register_new_resolver(name, fn, replace=True)
@@ -147,6 +155,7 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+schema.register()
 
 
 def _keys(node: Any, prefix: str = "") -> Iterator[str]:
@@ -251,8 +260,15 @@ def check_command_line(app: str, args: Sequence[str]) -> None:
             try:
                 cfg = compose(app, overrides=plain, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as err:
+                cause = err.__cause__ if isinstance(err, HydraException) else err
+                refused = (
+                    schema.schema_error(cause, plain)
+                    if isinstance(cause, ValidationError)
+                    else None
+                )
+                if refused is not None:
+                    raise refused from err
                 message = _squash(str(err))
-                cause = err.__cause__
                 if isinstance(cause, OmegaConfBaseException):
                     message += f" ({_squash(str(cause)).split(' full_key:')[0]})"
                     key = getattr(cause, "full_key", None)
@@ -273,26 +289,42 @@ def check_command_line(app: str, args: Sequence[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def command(app: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-    """The ``main()`` of ``python -m kxnet.<app>``: Hydra's main on ``app``'s config calling
-    ``task(cfg)``, where every user error (:data:`kxnet.errors.USER_ERRORS`, and a command line
-    that does not compose) is one line on stderr with exit status 2 (1 for a run that failed
-    after it had started), and Ctrl-C one line with exit status 130; ``HYDRA_FULL_ERROR=1``
-    shows the traceback instead.
+def checked(cfg: DictConfig) -> DictConfig:
+    """A composed config with every range of its schema checked
+    (:func:`kxnet.schema.check_ranges`), resolved, its enums replaced by their values and every
+    path option absolute (a relative one taken against ``paths.root_dir``)."""
+    schema.check_ranges(cfg)
+    values = schema.plain_values(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    values = schema.absolute_paths(values, schema.path_keys(cfg))
+    plain = OmegaConf.create(values)
+    OmegaConf.set_struct(plain, True)
+    return plain
+
+
+def command(app: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Make a task function ``task(cfg)`` the ``main()`` of ``python -m kxnet.<app>``: Hydra's
+    main on ``app``'s config, the composed config checked and made plain by :func:`checked`,
+    every user error (:data:`kxnet.errors.USER_ERRORS`, and a command line that does not
+    compose, a value its schema refuses included) one line on stderr with exit status 2 (1 for
+    a run that failed after it had started), Ctrl-C one line with exit status 130;
+    ``HYDRA_FULL_ERROR=1`` shows the traceback.
 
     Hydra prints an exception raised by a task function with its own traceback and exits with
     1, so the conversion happens inside the task function.
     """
 
-    @hydra.main(version_base="1.3", config_path=config_path(app), config_name=app)
-    def hydra_main(cfg: DictConfig) -> Any:
-        with one_line_errors():
-            return task(cfg)
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @hydra.main(version_base="1.3", config_path=config_path(app), config_name=app)
+        def hydra_main(cfg: DictConfig) -> Any:
+            with one_line_errors():
+                return task(checked(cfg))
 
-    def main() -> Any:
-        with one_line_errors():  # also Ctrl-C outside the task (Hydra's set-up)
-            check_command_line(app, sys.argv[1:])
+        @functools.wraps(task)
+        def main() -> Any:
+            with one_line_errors():  # also Ctrl-C outside the task (Hydra's set-up)
+                check_command_line(app, sys.argv[1:])
             return hydra_main()
 
-    main.__doc__ = f"``python -m kxnet.{app}``: Hydra's main, with one-line errors."
-    return main
+        return main
+
+    return decorate

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from kxnet.description import SETTINGS, kernel_size
+
 __all__ = [
-    "SETTINGS",
-    "kernel_size",
-    "train_sigma_range",
     "isotropic_gaussian",
     "anisotropic_gaussian",
     "random_isotropic",
@@ -25,31 +24,9 @@ __all__ = [
     "auxiliary_bank",
 ]
 
-SETTINGS = ("iso", "aniso")
-_TRAIN_ISO_SIGMA_MAX = {2: 2.0, 3: 3.0, 4: 4.0}
-_TRAIN_ANISO_SIGMA = (0.6, 5.0)
 _GAUSSIAN8 = {2: (0.8, 1.6), 3: (1.35, 2.40), 4: (1.8, 3.2)}
 _SETTING2_SIGMAS = ((0.8, 1.6), (2.0, 4.0))
 _ANGLES_DEG = (0.0, 45.0, 90.0, 135.0)
-
-
-def _check_setting_scale(setting: str, scale: int) -> None:
-    if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
-    if scale not in _GAUSSIAN8:
-        raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
-
-
-def kernel_size(setting: str, scale: int) -> int:
-    """Kernel size p of a setting: 21 for every scale in Setting 1, 11/15/21 in Setting 2."""
-    _check_setting_scale(setting, scale)
-    return 21 if setting == "iso" else {2: 11, 3: 15, 4: 21}[scale]
-
-
-def train_sigma_range(setting: str, scale: int) -> tuple[float, float]:
-    """Range of the training kernel widths: σ (Setting 1) or σx, σy (Setting 2)."""
-    _check_setting_scale(setting, scale)
-    return (0.2, _TRAIN_ISO_SIGMA_MAX[scale]) if setting == "iso" else _TRAIN_ANISO_SIGMA
 
 
 def _grid(p: int, device=None, dtype=None) -> tuple[Tensor, Tensor]:

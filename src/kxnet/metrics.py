@@ -1,4 +1,5 @@
-"""Image and kernel quality metrics as the paper's tables compute them (SPEC §3).
+"""Image and kernel quality metrics as the paper's tables compute them: on the Y
+channel of YCbCr (BT.601), with ``scale`` pixels cropped from every border.
 
 PSNR and SSIM quantise both images to 8-bit RGB first (``round(clamp(x, 0, 1)·255)``), measure
 on the Y channel of MATLAB's ``rgb2ycbcr`` (BT.601, Y in 16…235, kept as a float) or on RGB,
@@ -183,7 +184,8 @@ class _PerImageMean(Metric):
 
 
 class PSNR(_PerImageMean):
-    """Mean PSNR over images (SPEC §3): ``update(sr, hr)`` with B×3×H×W images in [0, 1]."""
+    """Mean PSNR-Y over images (border of ``scale`` cropped): ``update(sr, hr)`` with
+    B×3×H×W images in [0, 1]."""
 
     higher_is_better = True
 
@@ -196,7 +198,8 @@ class PSNR(_PerImageMean):
 
 
 class SSIM(_PerImageMean):
-    """Mean SSIM over images (SPEC §3): ``update(sr, hr)`` with B×3×H×W images in [0, 1]."""
+    """Mean SSIM-Y over images (border of ``scale`` cropped): ``update(sr, hr)`` with
+    B×3×H×W images in [0, 1]."""
 
     higher_is_better = True
 

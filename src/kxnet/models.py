@@ -31,6 +31,7 @@ from kxnet import cache as model_cache
 from kxnet.cache import say
 from kxnet.checkpoint import CONFIG_KEYS, OPTIONS
 from kxnet.checkpoint import load_model as load_file
+from kxnet.description import DEFAULT_SCALE, DEFAULT_SETTING, ModelDescription
 from kxnet.errors import StartupError
 from kxnet.nn.kxnet import KXNet
 
@@ -46,6 +47,7 @@ __all__ = [
     "newest_weights",
     "weights_path",
     "resolve_weights",
+    "build_model",
     "is_name",
     "load_model",
 ]
@@ -192,22 +194,42 @@ def weights_path(
 def resolve_weights(
     weights: str,
     asked: Mapping,
-    setting: str,
-    scale: int,
-    ckpt_path: str | None = None,
+    ckpt_path: str | os.PathLike | None = None,
     report: Callable[[str], None] = say,
 ) -> tuple[Path, dict]:
     """A command's ``weights=NAME``: its local file and the properties to expect of it (the
-    asked ones, and those the name fixes). ``official`` is the model of the command's
-    ``setting`` and ``scale``; naming a ``ckpt_path`` too is refused."""
+    asked ones that are set, and those the name fixes). ``official`` is the model of the asked
+    ``setting`` and ``scale`` (unset: the :mod:`~kxnet.description` defaults); naming a
+    ``ckpt_path`` too is refused."""
     if ckpt_path:
         raise StartupError(
             f"ckpt_path={ckpt_path} and weights={weights} both name a model: give one of them"
         )
+    asked = {key: value for key, value in asked.items() if value is not None}
     if str(weights).strip() == OFFICIAL:
-        asked = {"setting": setting, "scale": scale, **asked}
+        asked = {"setting": DEFAULT_SETTING, "scale": DEFAULT_SCALE, **asked}
     path, fixed = weights_path(str(weights), asked, report=report)
     return path, {**asked, **fixed}
+
+
+def build_model(
+    ckpt_path: str | os.PathLike | None,
+    weights: str | None,
+    asked: Mapping,
+    map_location: str | torch.device = "cpu",
+) -> KXNet | None:
+    """The network a command names: ``weights`` (a model name) or ``ckpt_path`` (a file), each
+    checked against the ``asked`` properties (scale, stages, kernel_size, setting; None: unset);
+    without either, the bicubic baseline (S = 0) when ``asked["stages"]`` is 0, else None."""
+    if weights:
+        path, expect = resolve_weights(weights, asked, ckpt_path)
+        return load_file(path, map_location, **expect)
+    if ckpt_path:
+        return load_file(Path(ckpt_path), map_location, **asked)
+    if asked.get("stages") != 0:
+        return None
+    given = {key: value for key, value in asked.items() if value is not None}
+    return KXNet(**ModelDescription.from_mapping(given).as_dict()).eval()
 
 
 def is_name(text: str) -> bool:

@@ -20,7 +20,9 @@ from kxnet.bench.runner import run
 from kxnet.config import command
 
 
-def _bench(cfg: DictConfig) -> None:
+@command("bench")
+def main(cfg: DictConfig) -> None:
+    """Measure with the composed config (checked, plain); writes bench.json."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
@@ -29,9 +31,6 @@ def _bench(cfg: DictConfig) -> None:
         Path(cfg.paths.output_dir) / "bench.json", json.dumps(report, indent=2, default=float)
     )
     console.print(f"wrote {out}")
-
-
-main = command("bench", _bench)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ __all__ = ["FORMS", "div2k_like", "crops_per_second", "paper_step_flops", "measu
 
 FORMS = ("png", "prepared", "cached")
 DIV2K_SIZE = (2040, 1356)
-# The paper's x4 training step (SPEC §5): S = 19, batch 12, LR 64×64.
+# The paper's x4 training step: S = 19, batch 12, LR 64×64.
 PAPER_STEP = {"scale": 4, "stages": 19, "batch": 12, "lr_size": 64}
 
 

@@ -40,7 +40,7 @@ from kxnet import hardware
 from kxnet.bench import formulations, loader, measure, plan, scaling, tables
 from kxnet.bench.backends import export_for, measure_backend
 from kxnet.bench.variants import measure_phase, measure_profile, measure_rss
-from kxnet.checks import check_device
+from kxnet.startup import check_device
 from kxnet.config import resolve_path
 
 __all__ = ["run"]

@@ -1,4 +1,6 @@
-"""Deterministic benchmark test sets of SPEC §2, generated in-process and cached on disk.
+"""Deterministic benchmark test sets (each HR image with the setting's 8 test kernels,
+:func:`kxnet.kernels.test_bank`, at the paper's noise levels), generated in-process and cached
+on disk.
 
 Each HR image of ``<benchmark_dir>/<dataset>/`` is mod-cropped to a multiple of the scale s and
 degraded with every kernel of the setting's test bank (Setting 1 "Gaussian8", Setting 2 the
@@ -25,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from kxnet import kernels, physics
+from kxnet import description, kernels, physics
 from kxnet.atomic import atomic_path, atomic_write
 from kxnet.data.images import list_images, read_image
 
@@ -49,9 +51,7 @@ NOISE_SEED = 2022
 
 def default_noise(setting: str) -> tuple[float, ...]:
     """Noise levels of the paper's tables: (0,) for Setting 1, (0, 15) for Setting 2."""
-    if setting not in kernels.SETTINGS:
-        raise ValueError(f"setting must be one of {kernels.SETTINGS}, got {setting!r}")
-    return (0.0,) if setting == "iso" else (0.0, 15.0)
+    return description.test_noise(setting)
 
 
 def mod_crop(image: Tensor, scale: int) -> Tensor:

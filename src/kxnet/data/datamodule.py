@@ -68,7 +68,8 @@ class KXNetDataModule(pl.LightningDataModule):
         benchmark_dir: folder holding the benchmark sets (``Set5/``, ``Set14/``, …).
         cache_dir: where the degraded benchmark LR images are cached.
         setting, scale, kernel_size, sigma_range, noise_max: the paper's training degradation
-            (:func:`~kxnet.data.synthesis.paper_degradation`; ``None`` takes SPEC §2's value).
+            (:func:`~kxnet.data.synthesis.paper_degradation`; ``None`` takes the setting's,
+            :mod:`kxnet.description`).
         degradation: the training degradation instead, a ``_target_`` mapping that builds a
             :class:`~kxnet.data.synthesis.Degradation` of this scale (the ``data/degradation``
             configs); None: the paper's.

@@ -46,7 +46,6 @@ from kxnet.errors import DownloadError, TransferError
 
 __all__ = [
     "TRAIN_FOLDER",
-    "VALID_FOLDER",
     "PREPARED_FOLDER",
     "TRAIN_SETS",
     "BENCHMARK_SETS",
@@ -145,7 +144,6 @@ TRAIN_SETS = {
         parent="",
     ),
 }
-VALID_FOLDER = TRAIN_SETS["div2k_valid"].folder
 PREPARED_FOLDER = f"{TRAIN_FOLDER}_prepared"
 
 

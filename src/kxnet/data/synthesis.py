@@ -1,4 +1,5 @@
-"""Training degradations synthesised on the batch's device: ``y = (x ⊗ k)↓s + n`` (SPEC §1-2).
+"""Training degradations synthesised on the batch's device: ``y = (x ⊗ k)↓s + n`` (Eq. 1,
+with the kernels and noise of the setting, :mod:`kxnet.description`).
 
 Data-loader workers only read and crop HR images; a :class:`Degradation` turns a batch of HR
 crops into LR inputs with fresh random kernels (and noise in Setting 2) wherever the batch lives,
@@ -26,7 +27,7 @@ from kornia.augmentation import AugmentationBase2D, ImageSequential, RandomGauss
 from kornia.augmentation.container.params import ParamItem
 from torch import Tensor, nn
 
-from kxnet import kernels, physics
+from kxnet import description, kernels, physics
 
 __all__ = [
     "Degradation",
@@ -125,14 +126,15 @@ class Seeded:
 
 
 class SeededBlurDownsample(Seeded, AugmentationBase2D):
-    """``(x ⊗ k)↓s`` with a fresh Gaussian kernel per sample (paper Eq. 1, SPEC §1-2).
+    """``(x ⊗ k)↓s`` with a fresh Gaussian kernel per sample (paper Eq. 1).
 
     Args:
         setting: "iso" (Setting 1: isotropic kernels) or "aniso" (Setting 2: rotated anisotropic
             kernels, θ ~ U[−π, π]).
         scale: SR factor s.
         kernel_size: p; defaults to the setting's (21, or 11/15/21 at x2/x3/x4 in Setting 2).
-        sigma_range: range of σ (iso) or of σx and σy (aniso); defaults to SPEC §2.
+        sigma_range: range of σ (iso) or of σx and σy (aniso); defaults to the setting's
+            (:func:`kxnet.description.train_sigma_range`).
         blur_downsample: the operator's formulation (:func:`kxnet.physics.blur_downsample`, one
             strided depthwise convolution; the benchmark passes the authors' form).
 
@@ -154,14 +156,14 @@ class SeededBlurDownsample(Seeded, AugmentationBase2D):
         self.blur_downsample = blur_downsample
         self.setting = str(setting)
         self.scale = int(scale)
-        default_p = kernels.kernel_size(self.setting, self.scale)
+        default_p = description.kernel_size(self.setting, self.scale)
         self.kernel_size = int(kernel_size) if kernel_size is not None else default_p
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         low, high = (
             sigma_range
             if sigma_range is not None
-            else kernels.train_sigma_range(self.setting, self.scale)
+            else description.train_sigma_range(self.setting, self.scale)
         )
         if not 0 < low <= high:
             raise ValueError(f"sigma_range must satisfy 0 < low <= high, got [{low}, {high}]")
@@ -220,7 +222,7 @@ class SeededGaussianNoise(Seeded, RandomGaussianNoise):
 
 class Quantize(nn.Module):
     """Clamp to [0, 1] and, with ``quantize``, round to the 8-bit grid (``round(255·y)/255``), as
-    the authors' training does and as the test sets are (SPEC §5): B×C×h×w → B×C×h×w."""
+    the authors' training does and as the test sets are: B×C×h×w → B×C×h×w."""
 
     def __init__(self, quantize: bool = True) -> None:
         super().__init__()
@@ -321,11 +323,12 @@ def paper_degradation(
     blur_downsample: Callable[[Tensor, Tensor, int], Tensor] = physics.blur_downsample,
 ) -> Degradation:
     """The paper's training degradation: random Gaussian blur, s-fold downsampling, noise σ ~
-    U[0, noise_max] per sample (0–255 units; default 0 in "iso", 25 in "aniso"), clamp and (with
+    U[0, noise_max] per sample (0–255 units; default: the setting's,
+    :func:`kxnet.description.train_noise_max`), clamp and (with
     ``quantize``) 8-bit rounding. See :class:`SeededBlurDownsample` for the other arguments."""
     blur = SeededBlurDownsample(setting, scale, kernel_size, sigma_range, blur_downsample)
     if noise_max is None:
-        noise_max = 0.0 if blur.setting == "iso" else 25.0
+        noise_max = description.train_noise_max(blur.setting)
     if noise_max < 0:
         raise ValueError(f"noise_max must be >= 0, got {noise_max}")
     noise = [SeededGaussianNoise((0.0, noise_max))] if noise_max > 0 else []

@@ -8,8 +8,9 @@
 
 With ``ckpt_path`` (a Lightning checkpoint, exported weights or the authors' ``.pth``), or
 ``weights`` (a model name: ``official/setting2_x4``, ``official``, ``latest``), the scale,
-stage count, kernel size and setting are the checkpoint's; a ``scale``, ``setting``,
-``model.net.stages`` or ``model.net.kernel_size`` given on the command line must agree with it.
+stage count, kernel size and setting are the checkpoint's: ``scale``, ``setting``,
+``model.net.stages`` and ``model.net.kernel_size`` are null (unset) by default, and one that is
+set must agree with it.
 Every (image, kernel, noise) item of the setting's test sets is run once, one image per batch, and
 the run folder receives ``results.json`` (every per-image value and the averages),
 ``table.md``, ``table.csv``, ``stages.csv`` and ``kernels.csv``.
@@ -26,16 +27,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from kxnet.config import command
-from kxnet.eval.driver import run
+from kxnet.eval.run import run
 
 
-def _evaluate(cfg: DictConfig) -> None:
+@command("eval")
+def main(cfg: DictConfig) -> None:
+    """Evaluate with the composed config (checked, plain); exits with the run's status."""
     status = run(cfg, HydraConfig.get().overrides.task)
     if status:
         sys.exit(status)
-
-
-main = command("eval", _evaluate)
 
 
 if __name__ == "__main__":

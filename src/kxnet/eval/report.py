@@ -3,7 +3,7 @@
 A *results payload* is what ``python -m kxnet.eval`` writes to ``results.json``: ``method``,
 ``config`` (scale, stages, kernel_size, setting, parameters, ckpt_path, true_kernel), ``device``,
 ``command``, ``summary`` (averages per setting, scale, noise and dataset, see
-:func:`kxnet.eval.evaluation.summarize`) and ``records`` (one per image, kernel and noise level).
+:func:`kxnet.eval.per_image.summarize`) and ``records`` (one per image, kernel and noise level).
 
 - :func:`run_files`: the tables of one run (PSNR/SSIM, kernel error, per-stage PSNR), written
   beside its ``results.json`` by :func:`write_files`;
@@ -27,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kxnet.atomic import AtomicFiles
+from kxnet.data.benchmarks import DATASETS
 from kxnet.errors import ReportError
 
 __all__ = [
@@ -50,7 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PAPER_DATASETS = ("Urban100", "BSD100", "Set14", "Set5")
+# The paper's tables list the benchmark sets largest first.
+PAPER_DATASETS = tuple(reversed(DATASETS))
 SETTING_NAMES = {"iso": "Setting 1", "aniso": "Setting 2"}
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.json"

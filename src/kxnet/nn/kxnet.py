@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kxnet import kernels, physics
+from kxnet.description import DEFAULT_STAGES, ModelDescription
 from kxnet.nn.stage import Stage
 from kxnet.nn.xnet import IMAGE_AUX_CHANNELS
 
@@ -71,7 +72,7 @@ class KXNet(nn.Module):
     def __init__(
         self,
         scale: int,
-        stages: int = 19,
+        stages: int = DEFAULT_STAGES,
         kernel_size: int | None = None,
         setting: str = "iso",
         checkpoint_stages: bool = False,
@@ -81,14 +82,12 @@ class KXNet(nn.Module):
         operators: physics.Operators = physics.OURS,
     ) -> None:
         super().__init__()
-        if scale not in (2, 3, 4):
-            raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
-        if kernel_size is None:
-            kernel_size = kernels.kernel_size(setting, scale)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-        if stages < 0:
-            raise ValueError(f"stages must be >= 0, got {stages}")
+        description = ModelDescription(scale, setting, stages, kernel_size)
+        scale, kernel_size, setting = (
+            description.scale,
+            description.kernel_size,
+            description.setting,
+        )
         self.scale = scale
         self.kernel_size = kernel_size
         self.setting = setting
@@ -113,6 +112,11 @@ class KXNet(nn.Module):
     @property
     def num_stages(self) -> int:
         return len(self.stages)
+
+    @property
+    def description(self) -> ModelDescription:
+        """Scale, setting, stages and kernel size: what rebuilds this network."""
+        return ModelDescription(self.scale, self.setting, self.num_stages, self.kernel_size)
 
     def paper_parameter_count(self) -> int:
         """Parameters as the paper's Table 3 counts them.

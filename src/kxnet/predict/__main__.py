@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import sys
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from kxnet.config import command
 from kxnet.predict.prediction import run
 
 
-def _predict(cfg: DictConfig) -> None:
-    sys.exit(run(cfg, HydraConfig.get().overrides.task))
-
-
-main = command("predict", _predict)
+@command("predict")
+def main(cfg: DictConfig) -> None:
+    """Predict with the composed config (checked, plain); exits with the run's status."""
+    sys.exit(run(cfg))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,6 @@ from rich.progress import Progress, TextColumn
 from torch import Tensor
 
 from kxnet.atomic import AtomicFiles, remove_leftovers
-from kxnet.checkpoint import load_model
-from kxnet.checks import asked_properties, check_device, check_scale_setting, check_writable
 from kxnet.data.images import (
     IMAGE_SUFFIXES,
     decode_image,
@@ -56,7 +54,7 @@ from kxnet.data.images import (
 from kxnet.ensemble import SelfEnsemble
 from kxnet.errors import USER_ERRORS, ImageReadError, Interrupted, PredictError, report_error
 from kxnet.hardware import PRECISIONS, inference_autocast
-from kxnet.models import resolve_weights
+from kxnet.models import build_model
 from kxnet.nn.kxnet import KXNet
 from kxnet.onnx_network import OnnxKXNet
 from kxnet.pictures import kernel_strip, text_band
@@ -69,6 +67,7 @@ from kxnet.predict.tiling import (
     receptive_radius,
     run_tile,
 )
+from kxnet.startup import check_device, check_writable
 
 __all__ = [
     "run",
@@ -632,9 +631,19 @@ def _device(model: KXNet | OnnxKXNet) -> torch.device:
     return next(iter(model.parameters()), model.k0).device
 
 
-def _onnx_model(cfg: DictConfig, overrides: Sequence[str], options: PredictOptions) -> OnnxKXNet:
+def _asked(cfg: DictConfig) -> dict:
+    """The model properties the config sets (None: the checkpoint's)."""
+    return {
+        "scale": cfg.scale,
+        "setting": cfg.setting.name if cfg.setting else None,
+        "stages": cfg.model.net.stages,
+        "kernel_size": cfg.model.net.kernel_size,
+    }
+
+
+def _onnx_model(cfg: DictConfig, options: PredictOptions) -> OnnxKXNet:
     """backend=onnx: the exported model of ckpt_path, run by onnxruntime on the CPU."""
-    if not cfg.ckpt_path or cfg.get("weights"):
+    if not cfg.ckpt_path or cfg.weights:
         raise PredictError(
             "backend=onnx needs ckpt_path=MODEL.onnx (written by kxnet-export), not weights=…"
         )
@@ -648,35 +657,22 @@ def _onnx_model(cfg: DictConfig, overrides: Sequence[str], options: PredictOptio
             "backend=onnx runs one kernel per image without the self-ensemble: drop kernel and "
             "self_ensemble, or use backend=torch"
         )
-    model = OnnxKXNet(Path(str(cfg.ckpt_path)).expanduser().absolute())
+    model = OnnxKXNet(Path(cfg.ckpt_path))
     have = {
         "scale": model.scale,
         "stages": model.num_stages,
         "kernel_size": model.kernel_size,
         "setting": model.setting,
     }
-    for key, value in asked_properties(cfg, overrides).items():
-        if value != have[key]:
+    for key, value in _asked(cfg).items():
+        if value is not None and value != have[key]:
             raise PredictError(f"{key}={value} does not match {model.path} ({key} {have[key]})")
     return model
 
 
-def _model(cfg: DictConfig, overrides: Sequence[str], device: torch.device) -> KXNet:
-    if cfg.get("weights"):
-        path, expect = resolve_weights(
-            cfg.weights,
-            asked_properties(cfg, overrides),
-            cfg.setting.name,
-            cfg.scale,
-            cfg.ckpt_path,
-        )
-        model = load_model(path, map_location=device, **expect)
-    elif cfg.ckpt_path:
-        path = Path(str(cfg.ckpt_path)).expanduser().absolute()
-        model = load_model(path, map_location=device, **asked_properties(cfg, overrides))
-    elif cfg.model.net.stages == 0:
-        model = KXNet(cfg.scale, 0, kernel_size=cfg.model.net.kernel_size, setting=cfg.setting.name)
-    else:
+def _model(cfg: DictConfig, device: torch.device) -> KXNet:
+    model = build_model(cfg.ckpt_path, cfg.weights, _asked(cfg), device)
+    if model is None:
         raise PredictError(
             "ckpt_path is not set: pass a checkpoint (ckpt_path=…), a model name "
             "(weights=official/setting2_x4, weights=latest) or model.net.stages=0 for the "
@@ -689,13 +685,6 @@ def _options(cfg: DictConfig) -> PredictOptions:
     overlap = cfg.tile.overlap
     if overlap != "auto" and not isinstance(overlap, int):
         raise PredictError(f"tile.overlap={overlap} must be a number of LR pixels or auto")
-    limits = (("tile.size", cfg.tile.size), ("kernel_crop", cfg.kernel_crop))
-    for key, value in (*limits, ("max_pixels", cfg.max_pixels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PredictError(f"{key}={value} must be a positive number of LR pixels")
-    for key in ("save_stages", "self_ensemble"):
-        if not isinstance(cfg[key], bool):
-            raise PredictError(f"{key}={cfg[key]} must be true or false")
     return PredictOptions(
         tile_size=cfg.tile.size,
         overlap=None if overlap == "auto" else overlap,
@@ -708,22 +697,19 @@ def _options(cfg: DictConfig) -> PredictOptions:
     )
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
+def run(cfg: DictConfig) -> int:
     """Check everything that can be checked, then restore each input; returns the exit status."""
     console = Console(stderr=True)
     try:
-        check_scale_setting(cfg.scale, cfg.setting.name)
         device = check_device(str(cfg.device), "device")
         options = _options(cfg)
-        inputs = find_inputs(Path(str(cfg.input)).expanduser().absolute())
-        if cfg.backend not in BACKENDS:
-            raise PredictError(f"backend={cfg.backend} is not one of {', '.join(BACKENDS)}")
+        inputs = find_inputs(Path(cfg.input))
         if cfg.backend == "onnx":
-            model, device = _onnx_model(cfg, overrides, options), torch.device("cpu")
+            model, device = _onnx_model(cfg, options), torch.device("cpu")
         else:
-            model = _model(cfg, overrides, device)
+            model = _model(cfg, device)
         options.check(model)
-        output_dir = Path(str(cfg.output)).expanduser().absolute()
+        output_dir = Path(cfg.output)
         check_output_dir(output_dir, inputs)
     except USER_ERRORS as err:
         return report_error(err)

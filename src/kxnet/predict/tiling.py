@@ -23,7 +23,6 @@ __all__ = [
     "min_input_size",
     "plan_tiles",
     "run_tile",
-    "tiled_forward",
     "central_crop",
 ]
 
@@ -112,24 +111,6 @@ def run_tile(
     out = model(window, stage_kernels=stage_kernels)
     rows, cols = tile.hr_crop(model.scale)
     return [x[..., rows, cols] for x in out.images]
-
-
-def tiled_forward(
-    model: KXNet, lr: Tensor, stage_kernels: Sequence[Tensor], size: int, overlap: int
-) -> list[Tensor]:
-    """X⁽⁰⁾ … X⁽ᵀ⁾ of the whole image (B×3×h·s×w·s each), assembled from tiles in memory."""
-    s = model.scale
-    batch, channels, height, width = lr.shape
-    images = [
-        lr.new_empty(batch, channels, height * s, width * s) for _ in range(model.num_stages + 1)
-    ]
-    for row in plan_tiles(height, width, size, overlap):
-        for tile in row:
-            top, left, bottom, right = tile.core
-            parts = run_tile(model, tile.window(lr), tile, stage_kernels)
-            for full, part in zip(images, parts, strict=True):
-                full[..., top * s : bottom * s, left * s : right * s] = part
-    return images
 
 
 def central_crop(lr: Tensor, size: int) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,12 +29,13 @@ __all__ = ["KXNetModule", "SplitMetrics", "set_label"]
 log = logging.getLogger(__name__)
 
 NET_TARGET = "kxnet.nn.KXNet"
-PAPER_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.9, 0.99]}
-PAPER_SCHEDULER = {
-    "_target_": "torch.optim.lr_scheduler.StepLR",
-    "step_size": 200_000,
-    "gamma": 0.5,
-}
+
+
+def paper_optim() -> dict[str, Any]:
+    """The paper's optimiser and schedule, ``{"optimizer": …, "scheduler": …}``, as the
+    ``optim=paper`` preset states them (``kxnet/conf/train/optim/paper.yaml``)."""
+    preset = files("kxnet.conf.train").joinpath("optim", "paper.yaml").read_text()
+    return OmegaConf.to_container(OmegaConf.create(preset))
 
 
 def _plain(value: Any) -> Any:
@@ -118,10 +120,10 @@ class KXNetModule(pl.LightningModule):
             ``kxnet.nn.KXNet``).
         loss: weights of :class:`~kxnet.loss.StageLoss` (α_t, β_t; paper: 0.1 before the last
             stage, 1 at the last).
-        optimizer: a ``_target_`` mapping called with ``params=`` (paper: Adam, lr 2e-4,
-            β = (0.9, 0.99)).
+        optimizer: a ``_target_`` mapping called with ``params=``; None: the paper's, with its
+            schedule (:func:`paper_optim`).
         scheduler: a ``_target_`` mapping called with ``optimizer=`` and stepped every training
-            step, or None (paper: halve the lr every 2·10⁵ steps).
+            step, ``"paper"`` (the paper's, :func:`paper_optim`) or None (none).
         images_to_log: validation/test samples per epoch whose pictures go to the loggers.
         stage_metrics: also measure every stage (PSNR/SSIM-Y, kernel L1 and PSNR).
 
@@ -134,7 +136,7 @@ class KXNetModule(pl.LightningModule):
         net: Mapping[str, Any],
         loss: Mapping[str, float] | None = None,
         optimizer: Mapping[str, Any] | None = None,
-        scheduler: Mapping[str, Any] | None = PAPER_SCHEDULER,
+        scheduler: Mapping[str, Any] | str | None = "paper",
         images_to_log: int = 2,
         stage_metrics: bool = True,
     ) -> None:
@@ -145,8 +147,10 @@ class KXNetModule(pl.LightningModule):
             {
                 "net": config | {"kernel_size": self.net.kernel_size},
                 "loss": _plain(loss) or {},
-                "optimizer": _plain(optimizer) or dict(PAPER_OPTIMIZER),
-                "scheduler": _plain(scheduler),
+                "optimizer": _plain(optimizer) or paper_optim()["optimizer"],
+                "scheduler": paper_optim()["scheduler"]
+                if scheduler == "paper"
+                else _plain(scheduler),
                 "images_to_log": images_to_log,
                 "stage_metrics": stage_metrics,
             },

@@ -21,16 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from kxnet import hardware
 from kxnet.atomic import SHARED_AGE_S, remove_leftovers
-from kxnet.checkpoint import model_config, read_checkpoint, safe_loading, save_weights
-from kxnet.config import resolve_path
+from kxnet.checkpoint import load_model, model_config, read_checkpoint, safe_loading, save_weights
+from kxnet.config import checked
 from kxnet.errors import Interrupted, StartupError
-from kxnet.eval.driver import EvalPlan, evaluate_beside_bicubic
+from kxnet.eval.run import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
 from kxnet.train.callbacks import RankSeed
-from kxnet.train.checks import check_train, check_training_data
 from kxnet.train.ema import WeightEMA, keep_the_better
 from kxnet.train.loggers import default_wandb_mode, finish_wandb, log_weights
 from kxnet.train.module import KXNetModule
+from kxnet.train.preflight import check_train, check_training_data
 from kxnet.train.progress import report
 
 __all__ = ["WEIGHTS_FILE", "train"]
@@ -82,7 +82,7 @@ def _remove_leftovers(cfg: DictConfig) -> None:
     for folder in folders:
         remove_leftovers(folder)
     # The benchmark cache may be shared with runs on other machines: only old leftovers.
-    remove_leftovers(resolve_path(cfg.paths.cache_dir), recursive=True, min_age_s=SHARED_AGE_S)
+    remove_leftovers(Path(cfg.paths.cache_dir), recursive=True, min_age_s=SHARED_AGE_S)
 
 
 def _trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
@@ -194,6 +194,7 @@ def train(cfg: DictConfig) -> float | None:
 
     ``model.net.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
+    cfg = checked(cfg)
     overrides = _command_line()
     check_train(cfg, overrides)
     if _first_process():
@@ -252,7 +253,10 @@ def train(cfg: DictConfig) -> float | None:
             summary: list[dict] = []
             if evaluation is not None:
                 out = Path(cfg.paths.output_dir) / "eval"
-                table, payloads = evaluate_beside_bicubic(module.net, evaluation, out)
+                # The exported file, read back as `python -m kxnet.eval` reads it: the same
+                # network and the same evaluation give the same figures.
+                exported_net = load_model(weights, map_location=evaluation.device)
+                table, payloads = evaluate_beside_bicubic(exported_net, evaluation, out)
                 report(log, f"Evaluation of the exported weights beside bicubic:\n{table}")
                 log.info("evaluation written to %s (results.json, bicubic/, pictures/)", out)
                 summary = payloads["kxnet"]["summary"]

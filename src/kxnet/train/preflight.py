@@ -24,17 +24,15 @@ from kxnet.checkpoint import (
     lightning_net_config,
     read_checkpoint,
 )
-from kxnet.checks import (
+from kxnet.config import resolve_path
+from kxnet.errors import CheckpointError, StartupError
+from kxnet.startup import (
     check_benchmarks,
     check_device,
     check_devices,
-    check_model,
-    check_scale_setting,
+    check_patch,
     check_writable,
-    positive_int,
 )
-from kxnet.config import resolve_path
-from kxnet.errors import CheckpointError, StartupError
 
 __all__ = [
     "check_resume",
@@ -150,13 +148,11 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything ``python -m kxnet.train`` can check without reading data: the model and
     patch sizes, the training data a paper run takes, the folders it writes, the checkpoint it
     resumes, the benchmark sets. ``overrides`` is the command line."""
-    check_scale_setting(_value(cfg, "scale", "scale"), _value(cfg, "setting.name", "setting"))
     model = {key: _value(cfg, f"model.net.{key}", OPTIONS[key]) for key in CONFIG_KEYS}
-    check_model(**model)
     training = model["stages"] > 0
     if training:
         check_training_source(cfg, overrides)
-        check_model(**model, lr_patch_size=_value(cfg, "data.lr_patch_size", "data"))
+        check_patch(cfg.data.lr_patch_size, model["scale"], model["kernel_size"])
         data_p = _value(cfg, "data.kernel_size", "setting.kernel_size")
         if data_p not in (None, model["kernel_size"]):
             raise StartupError(
@@ -164,7 +160,6 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
                 f"setting.kernel_size={data_p}: set setting.kernel_size={model['kernel_size']} "
                 "too, or leave model.net.kernel_size to follow the setting"
             )
-        positive_int(_value(cfg, "data.batch_size", "data.batch_size"), "data.batch_size")
     devices = _value(cfg, "trainer.devices", "trainer.devices")
     if devices is not None:
         check_devices(devices)

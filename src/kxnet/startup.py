@@ -1,5 +1,5 @@
-"""Start-up checks that every command shares: model options, devices, writable folders, the
-checkpoint properties a command line asks for, and the benchmark sets.
+"""Start-up checks that every command shares: patch sizes, devices, writable folders and the
+benchmark sets (types, enums and ranges are the config schema's, :mod:`kxnet.schema`).
 
 Each check raises :class:`~kxnet.errors.StartupError` whose message is one line: the option or
 file at fault, what is wrong with it, and what would fix it.
@@ -15,22 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, ListConfig
+from omegaconf import ListConfig
 
-from kxnet import kernels
-from kxnet.checkpoint import OPTIONS
 from kxnet.data.benchmarks import DATASETS
 from kxnet.data.images import list_images
 from kxnet.errors import StartupError
 
 __all__ = [
     "positive_int",
-    "check_scale_setting",
-    "check_model",
+    "check_patch",
     "check_device",
     "check_devices",
-    "asked_properties",
     "check_writable",
     "check_benchmarks",
 ]
@@ -45,41 +40,16 @@ def positive_int(value: Any, option: str, minimum: int = 1) -> int:
     return value
 
 
-def check_scale_setting(scale: Any, setting: Any) -> None:
-    """Scale 2, 3 or 4 and setting iso or aniso."""
-    if scale not in (2, 3, 4) or isinstance(scale, bool):
-        raise StartupError(f"scale={scale} is not a KXNet scale: use scale=2, 3 or 4")
-    if setting not in kernels.SETTINGS:
+def check_patch(lr_patch_size: int, scale: int, kernel_size: int) -> None:
+    """An HR patch (``lr_patch_size · scale``) at least as large as the p×p kernel that blurs
+    it (a smaller one would be all reflect padding)."""
+    hr = lr_patch_size * scale
+    if hr < kernel_size:
+        smallest = -(-kernel_size // scale)
         raise StartupError(
-            f"setting={setting} is not a setting: use setting=iso (paper Setting 1) or "
-            "setting=aniso (Setting 2)"
-        )
-
-
-def check_model(
-    scale: Any, setting: Any, stages: Any, kernel_size: Any, lr_patch_size: Any | None = None
-) -> None:
-    """Scale 2/3/4, setting iso/aniso, stages >= 0 and an odd kernel size; with
-    ``lr_patch_size``, an HR patch (``lr_patch_size · scale``) at least as large as the p×p
-    kernel that blurs it (a smaller one would be all reflect padding)."""
-    check_scale_setting(scale, setting)
-    positive_int(stages, OPTIONS["stages"], minimum=0)
-    p = positive_int(kernel_size, OPTIONS["kernel_size"])
-    if p % 2 == 0:
-        raise StartupError(
-            f"{OPTIONS['kernel_size']}={p} is even: kernels need a centre pixel; use an odd size "
-            f"(the {setting} x{scale} setting's is {kernels.kernel_size(setting, scale)})"
-        )
-    if lr_patch_size is None:
-        return
-    lr = positive_int(lr_patch_size, "data.lr_patch_size")
-    hr = lr * scale
-    if hr < p:
-        smallest = -(-p // scale)
-        raise StartupError(
-            f"data.lr_patch_size={lr} is too small for {p}×{p} kernels at x{scale} (its HR "
-            f"patches of {hr}×{hr} are smaller than the kernel): set data.lr_patch_size="
-            f"{smallest} or more"
+            f"data.lr_patch_size={lr_patch_size} is too small for {kernel_size}×{kernel_size} "
+            f"kernels at x{scale} (its HR patches of {hr}×{hr} are smaller than the kernel): set "
+            f"data.lr_patch_size={smallest} or more"
         )
 
 
@@ -129,31 +99,6 @@ def check_device(name: str, option: str) -> torch.device:
             f"use {option}=cuda:0"
         )
     return device
-
-
-# Command-line keys that ask for a checkpoint property, and the property.
-_ASKS = {
-    **{option: prop for prop, option in OPTIONS.items()},
-    "setting.kernel_size": "kernel_size",
-    "setting.name": "setting",
-}
-
-
-def asked_properties(
-    cfg: DictConfig, overrides: Sequence[str], required: Sequence[str] = ()
-) -> dict[str, Any]:
-    """The checkpoint properties (scale, stages, kernel_size, setting) that the command line
-    sets, or that ``required`` names, with their configured values: what a checkpoint loaded
-    by eval or predict must agree with."""
-    keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
-    values = {
-        "scale": cfg.scale,
-        "stages": cfg.model.net.stages,
-        "kernel_size": cfg.model.net.kernel_size,
-        "setting": cfg.setting.name,
-    }
-    asked = {prop for key, prop in _ASKS.items() if key in keys} | set(required)
-    return {prop: values[prop] for prop in values if prop in asked}
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> Path:

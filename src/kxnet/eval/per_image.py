@@ -1,4 +1,5 @@
-"""Measuring a network on the benchmark test sets as the paper's tables do (SPEC §2-3).
+"""Measuring a network on the benchmark test sets as the paper's tables do: the setting's
+8 test kernels per image, PSNR/SSIM on Y with the scale's border cropped.
 
 :func:`evaluate` runs a model once on every (image, kernel, noise) item of a
 :class:`~kxnet.data.benchmarks.BenchmarkSet`, one image per batch, and returns one record per
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from kxnet import kernels, metrics
+from kxnet import description, metrics
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.errors import EvalError
 from kxnet.hardware import PRECISIONS, inference_autocast
@@ -47,7 +48,7 @@ def method_name(model: KXNet, true_kernel: bool = False) -> str:
 
 def check_true_kernel(model: KXNet, setting: str, scale: int) -> None:
     """X-net can take the test kernels only if they have the model's kernel size."""
-    p = kernels.kernel_size(setting, scale)
+    p = description.kernel_size(setting, scale)
     if model.kernel_size != p:
         raise EvalError(
             f"eval.true_kernel=true needs the model's kernel size ({model.kernel_size}) to be the "

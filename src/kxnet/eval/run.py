@@ -1,6 +1,6 @@
 """The one evaluation driver: ``python -m kxnet.eval`` and the end of a training run use it.
 
-:func:`run_evaluation` measures one model on benchmark sets (:func:`~kxnet.eval.evaluation.
+:func:`run_evaluation` measures one model on benchmark sets (:func:`~kxnet.eval.per_image.
 evaluate`) and writes the run's files into a folder (``results.json``, ``table.md``, the CSVs of
 :func:`~kxnet.eval.report.run_files`), all of them or none; :func:`evaluate_beside_bicubic` does
 that for a trained network and for bicubic, writes pictures of the first kernel of every image,
@@ -31,21 +31,13 @@ from rich.progress import (
 )
 
 from kxnet.atomic import SHARED_AGE_S, atomic_path, remove_leftovers
-from kxnet.checkpoint import CONFIG_KEYS, load_model
-from kxnet.checks import (
-    asked_properties,
-    check_benchmarks,
-    check_device,
-    check_scale_setting,
-    check_writable,
-    positive_int,
-)
-from kxnet.config import resolve_path
+from kxnet.checkpoint import model_or_bicubic
+from kxnet import models
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
 from kxnet.ensemble import SelfEnsemble
 from kxnet.errors import USER_ERRORS, EvalError, Interrupted, report_error
 from kxnet.eval import report
-from kxnet.eval.evaluation import (
+from kxnet.eval.per_image import (
     check_true_kernel,
     device_name,
     evaluate,
@@ -55,9 +47,9 @@ from kxnet.eval.evaluation import (
 from kxnet.eval.no_reference import check_photos, evaluate_photos, photos_markdown, write_photos
 from kxnet.hardware import PRECISIONS
 from kxnet.metrics import psnr
-from kxnet.models import resolve_weights
 from kxnet.nn import KXNet
 from kxnet.pictures import comparison_strip, kernel_strip
+from kxnet.startup import check_benchmarks, check_device, check_writable, positive_int
 
 __all__ = [
     "EvalOptions",
@@ -137,9 +129,9 @@ class EvalPlan:
         """Check ``cfg.eval`` and ``cfg.paths``: the device, the benchmark sets, the cache."""
         options = EvalOptions.from_config(cfg.eval)
         device = check_device(options.device, "eval.device")
-        benchmark_dir = resolve_path(cfg.paths.benchmark_dir)
+        benchmark_dir = Path(cfg.paths.benchmark_dir)
         names = check_benchmarks(benchmark_dir, options.datasets, "eval.datasets")
-        cache_dir = check_writable(resolve_path(cfg.paths.cache_dir), "paths.cache_dir")
+        cache_dir = check_writable(cfg.paths.cache_dir, "paths.cache_dir")
         return cls(options, device, benchmark_dir, cache_dir, tuple(names))
 
     def sets(self, model: KXNet) -> list[BenchmarkSet]:
@@ -329,47 +321,40 @@ def evaluate_beside_bicubic(
     return table, payloads
 
 
-def _asked(cfg: DictConfig, overrides: Sequence[str]) -> dict:
-    """The checkpoint properties set on the command line or named in ``eval.require``."""
-    required = list(cfg.eval.get("require") or [])
-    unknown = [name for name in required if name not in CONFIG_KEYS]
-    if unknown:
-        raise EvalError(
-            f"eval.require={required} names {', '.join(unknown)}: use scale, setting, stages "
-            "or kernel_size"
-        )
-    return asked_properties(cfg, overrides, required)
+def asked_model(cfg: DictConfig) -> dict:
+    """The model properties the config sets (None: the checkpoint's)."""
+    return {
+        "scale": cfg.scale,
+        "setting": cfg.setting.name if cfg.setting else None,
+        "stages": cfg.model.net.stages,
+        "kernel_size": cfg.model.net.kernel_size,
+    }
 
 
-def build_model(cfg: DictConfig, overrides: Sequence[str] = (), device="cpu") -> KXNet:
-    """The network of ``weights`` (a model name) or ``ckpt_path`` (checked against the command
-    line), or bicubic for ``model.net.stages=0`` without either; raises CheckpointError,
-    DownloadError or EvalError."""
-    net = cfg.model.net
-    if cfg.get("weights"):
-        path, expect = resolve_weights(
-            cfg.weights, _asked(cfg, overrides), cfg.setting.name, cfg.scale, cfg.get("ckpt_path")
-        )
-        return load_model(path, map_location=device, **expect)
-    if cfg.get("ckpt_path"):
-        path = resolve_path(cfg.ckpt_path)
-        return load_model(path, map_location=device, **_asked(cfg, overrides))
-    if net.stages != 0:
+def build_model(cfg: DictConfig, device="cpu") -> KXNet:
+    """The network of ``weights`` (a model name) or ``ckpt_path`` (checked against the config's
+    model properties), or bicubic without either (``model.net.stages`` null or 0); raises
+    CheckpointError, DownloadError or EvalError."""
+    asked = asked_model(cfg)
+    if not cfg.ckpt_path and not cfg.weights and asked["stages"] is None:
+        asked["stages"] = 0
+    model = models.build_model(cfg.ckpt_path, cfg.weights, asked, device)
+    if model is None:
         raise EvalError(
-            f"model.net.stages={net.stages} without ckpt_path or weights would evaluate an "
+            f"model.net.stages={asked['stages']} without ckpt_path or weights would evaluate an "
             "untrained network: pass ckpt_path=FILE, weights=NAME (e.g. weights=official) or "
             "set model.net.stages=0 for the bicubic baseline"
         )
-    return KXNet(cfg.scale, 0, kernel_size=net.kernel_size, setting=cfg.setting.name)
+    return model
 
 
-def _run_photos(cfg: DictConfig, overrides: Sequence[str], console: Console) -> int:
+def _run_photos(cfg: DictConfig, console: Console) -> int:
     """``eval.photos=DIR``: NIQE of every photo's SR image beside bicubic's (no ground truth)."""
     options = EvalOptions.from_config(cfg.eval)
     device = check_device(options.device, "eval.device")
-    images = check_photos(resolve_path(cfg.eval.photos))
-    model = build_model(cfg, overrides, device)
-    output_dir = check_writable(resolve_path(cfg.paths.output_dir), "paths.output_dir")
+    images = check_photos(Path(cfg.eval.photos))
+    model = build_model(cfg, device)
+    output_dir = check_writable(cfg.paths.output_dir, "paths.output_dir")
     remove_leftovers(output_dir)
     method = options.method or _method(model, options)
     console.print(f"NIQE of {method} on {len(images)} photos ({device})", markup=False)
@@ -385,15 +370,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Check everything that can be checked, evaluate, write the tables; the exit status."""
     console = Console(stderr=True)
     try:
-        check_scale_setting(cfg.scale, cfg.setting.name)
-        if cfg.eval.get("photos"):
-            return _run_photos(cfg, overrides, console)
+        if cfg.eval.photos:
+            return _run_photos(cfg, console)
         plan = EvalPlan.from_config(cfg)
         options, device = plan.options, plan.device
-        model = build_model(cfg, overrides, device)
+        model = build_model(cfg, device)
         if options.true_kernel:
             check_true_kernel(model, model.setting, model.scale)
-        output_dir = check_writable(resolve_path(cfg.paths.output_dir), "paths.output_dir")
+        output_dir = check_writable(cfg.paths.output_dir, "paths.output_dir")
         remove_leftovers(output_dir)
         # The benchmark cache may be shared with runs on other machines: only old leftovers.
         remove_leftovers(plan.cache_dir, recursive=True, min_age_s=SHARED_AGE_S)
@@ -407,8 +391,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         f"{', '.join(f'{n:g}' for n in sets[0].noise)} ({device})",
         markup=False,
     )
-    ckpt = str(resolve_path(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
-    weights = str(cfg.weights) if cfg.get("weights") else None
+    ckpt = cfg.ckpt_path
+    weights = cfg.weights
     command = shlex.join(["python", "-m", "kxnet.eval", *overrides])
     try:
         payload = run_evaluation(
