@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kxnet import KXNet, kernels
+from kxnet import KXNet, description, kernels
 from kxnet.bench.measure import profile_call, set_threads, time_interleaved
 from kxnet.config import project_root
 from kxnet.data.images import read_image
@@ -102,7 +102,7 @@ def main() -> None:
     hr = torch.rand(args.batch, 3, size, size, generator=gen)
     nets = networks(args.scale)
     p = nets["kxnet"].kernel_size
-    sigmas = kernels.train_sigma_range("iso", args.scale)
+    sigmas = description.train_sigma_range("iso", args.scale)
     k, _ = kernels.random_isotropic(args.batch, p, sigmas, generator=gen)
     lr = torch.rand(args.batch, 3, args.lr_size, args.lr_size, generator=gen)
 

@@ -29,8 +29,8 @@ from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.data.images import list_images
 from kxnet.ensemble import SelfEnsemble
-from kxnet.eval.evaluation import evaluate, summarize
 from kxnet.eval.no_reference import evaluate_photos
+from kxnet.eval.per_image import evaluate, summarize
 from kxnet.predict.prediction import PredictOptions, predict_images
 
 

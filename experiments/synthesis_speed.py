@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from kxnet import kernels, physics
+from kxnet import description, kernels, physics
 from kxnet.config import project_root
 from kxnet.data.realistic import OPERATORS, realistic_degradation
 from kxnet.data.synthesis import paper_degradation, step_generator
@@ -44,7 +44,7 @@ def _median_seconds(fn, repeats: int, device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", default="aniso", choices=kernels.SETTINGS)
+    parser.add_argument("--setting", default="aniso", choices=description.SETTINGS)
     parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--lr-patch", type=int, default=64)
@@ -116,8 +116,8 @@ def _realistic(args, hr: torch.Tensor, device: torch.device) -> None:
     """The shipped realistic preset, then each of its operators alone on every sample."""
     preset = OmegaConf.load(project_root() / "conf/train/data/degradation/realistic.yaml")
     preset.setting, preset.scale = args.setting, args.scale
-    preset.kernel_size = kernels.kernel_size(args.setting, args.scale)
-    preset.sigma_range = list(kernels.train_sigma_range(args.setting, args.scale))
+    preset.kernel_size = description.kernel_size(args.setting, args.scale)
+    preset.sigma_range = list(description.train_sigma_range(args.setting, args.scale))
     realistic = instantiate(preset, _convert_="all")
     blur_only = realistic_degradation(args.setting, args.scale)
 

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from PIL import Image
 
+from commandhelp import run_eval
 from kxnet import metrics
 from kxnet.checkpoint import load_model, save_weights
-from kxnet.config import checked, project_root
+from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
-from kxnet.errors import USER_ERRORS, report_error
-from kxnet.eval import run as kx_eval
 from kxnet.eval.report import PAPER_TABLES
 from kxnet.nn import KXNet
 from test_atomic import dead_pid, leftover
@@ -95,14 +93,7 @@ def _overrides(tmp_path, bench, *extra):
 
 
 def _run(overrides):
-    """``kx_eval.run`` in-process on the composed config; the command line is ``overrides``."""
-    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
-        cfg = compose("eval", overrides=list(overrides))
-    try:
-        cfg = checked(cfg)
-    except USER_ERRORS as err:
-        return report_error(err)
-    return kx_eval.run(cfg, overrides)
+    return run_eval(overrides)
 
 
 def _cli(args, cwd=REPO, env=None, timeout=120):

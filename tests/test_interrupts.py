@@ -126,7 +126,7 @@ def test_ctrl_c_in_predict_keeps_the_finished_images_whole_and_says_so(
 
 
 def test_ctrl_c_in_eval_writes_nothing_and_says_so(tmp_path, monkeypatch, capfd):
-    from kxnet.eval import driver
+    from kxnet.eval import run as driver
 
     original = driver._records
 

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 import kxnet
-from kxnet import cache, kernels, models
+from commandhelp import run_eval, run_predict
+from kxnet import cache, description, models
 from kxnet.checkpoint import save_weights
 from kxnet.config import project_root
 from kxnet.errors import DownloadError, StartupError
@@ -120,7 +121,7 @@ def test_registry_names_the_authors_six_models():
         assert entry.stages == 19
         assert entry.file == f"KXNet_{entry.name.removeprefix('official/')}.pth"
         assert entry.name == models.official_name(entry.setting, entry.scale)
-        assert entry.kernel_size == kernels.kernel_size(entry.setting, entry.scale)
+        assert entry.kernel_size == description.kernel_size(entry.setting, entry.scale)
     assert models.release_page() == RELEASE
     assert models.official_name("aniso", 4) == "official/setting2_x4"
 
@@ -322,13 +323,7 @@ def test_paper_table1_on_the_official_models_fills_the_table(server, tmp_path):
 
 
 def _eval(overrides: list[str]) -> int:
-    from hydra import compose, initialize_config_module
-
-    from kxnet.eval import driver
-
-    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
-    return driver.run(cfg, overrides)
+    return run_eval(overrides)
 
 
 @pytest.mark.parametrize(
@@ -349,17 +344,11 @@ def test_a_contradicting_command_line_is_one_line_exit_2(server, capsys, overrid
 
 
 def test_predict_takes_a_name_and_a_download_failure_is_one_line(server, capsys, tmp_path):
-    from hydra import compose, initialize_config_module
-
-    from kxnet.predict import prediction
-
     image = tmp_path / "in.png"
     Image.new("RGB", (24, 24), (120, 60, 30)).save(image)
     del server.files["KXNet_setting2_x2.pth"]
     overrides = ["weights=official/setting2_x2", f"input={image}", f"output={tmp_path / 'out'}"]
-    with initialize_config_module("kxnet.conf.predict", version_base="1.3"):
-        cfg = compose("predict", overrides=[*overrides, "device=cpu"])
-    assert prediction.run(cfg, overrides) == 2
+    assert run_predict([*overrides, "device=cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "HTTP 404" in err and RELEASE in err
     assert not (tmp_path / "out").exists()

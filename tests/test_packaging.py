@@ -192,9 +192,14 @@ def test_bundled_data_is_the_data_folder_where_there_is_one_else_the_packaged_co
     (packaged / "train").mkdir(parents=True)
     monkeypatch.setattr(config, "PACKAGED_DATA", packaged)
     (tmp_path / "mine" / "train").mkdir(parents=True)
-    assert config.bundled_path(tmp_path / "mine", "train") == str(tmp_path / "mine" / "train")
-    assert config.bundled_path(tmp_path / "none", "train") == str(packaged / "train")
+    root = tmp_path / "root"
+    assert config.bundled_path(root, tmp_path / "mine", "train") == str(tmp_path / "mine" / "train")
+    assert config.bundled_path(root, tmp_path / "none", "train") == str(packaged / "train")
     # Neither: the configured folder, for the start-up check to name.
-    assert config.bundled_path(tmp_path / "none", "benchmarks") == str(
+    assert config.bundled_path(root, tmp_path / "none", "benchmarks") == str(
         tmp_path / "none" / "benchmarks"
     )
+    # A relative data folder is looked for under the run's root, not the checkout.
+    assert config.bundled_path(root, "data", "train") == str(packaged / "train")
+    (root / "data" / "train").mkdir(parents=True)
+    assert config.bundled_path(root, "data", "train") == str(Path("data") / "train")

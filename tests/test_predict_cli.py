@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from PIL import Image
 
+from commandhelp import run_predict
 from kxnet import KXNet
 from kxnet.checkpoint import load_model, save_weights
-from kxnet.config import checked, project_root
-from kxnet.errors import USER_ERRORS, report_error
+from kxnet.config import project_root
 from kxnet.predict.png import PngStreamWriter
-from kxnet.predict.prediction import PredictError, PredictOptions, predict_image, run
+from kxnet.predict.prediction import PredictError, PredictOptions, predict_image
 from test_atomic import dead_pid
 from test_atomic import leftover as killed_writers
 
@@ -38,17 +37,7 @@ def weights(tmp_path):
 
 
 def _run(overrides):
-    """``run`` in-process on the config ``python -m kxnet.predict`` would hand it (outside a
-    Hydra run, the run folder is the output folder)."""
-    output = [o.split("=", 1)[1] for o in overrides if o.startswith("output=")]
-    run_folder = [f"paths.output_dir={output[0]}"] if output else []
-    with initialize_config_module("kxnet.conf.predict", version_base="1.3"):
-        cfg = compose("predict", overrides=[*run_folder, *overrides])
-    try:
-        cfg = checked(cfg)
-    except USER_ERRORS as err:
-        return report_error(err)
-    return run(cfg)
+    return run_predict(overrides)
 
 
 def test_scale_and_stages_come_from_the_checkpoint(images, weights, tmp_path, capsys):

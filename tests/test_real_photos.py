@@ -7,16 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from PIL import Image
 
+from commandhelp import run_eval, run_predict
 from kxnet import KXNet
 from kxnet.checkpoint import save_weights
 from kxnet.config import project_root
 from kxnet.data.images import read_image
-from kxnet.eval import driver
 from kxnet.niqe import niqe
-from kxnet.predict import prediction
 
 SET5 = project_root() / "data" / "benchmarks" / "Set5"
 
@@ -60,9 +58,7 @@ def _eval(tmp_path, bench, *extra):
         "setting=aniso",
         *extra,
     ]
-    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
-    assert driver.run(cfg, overrides) == 0
+    assert run_eval(overrides) == 0
     return json.loads((tmp_path / "results.json").read_text())
 
 
@@ -94,17 +90,13 @@ def test_eval_photos_reports_niqe_per_photo_and_on_average(tmp_path, bench, phot
 
 
 def test_eval_photos_refuses_a_folder_without_images(tmp_path, bench, capsys):
-    overrides = ["model.net.stages=0", f"eval.photos={tmp_path}"]
-    with initialize_config_module("kxnet.conf.eval", version_base="1.3"):
-        cfg = compose("eval", overrides=overrides)
-    assert driver.run(cfg, overrides) == 2
+    overrides = ["model.net.stages=0", f"eval.photos={tmp_path}", f"paths.output_dir={tmp_path}"]
+    assert run_eval(overrides) == 2
     assert "eval.photos=" in capsys.readouterr().err
 
 
 def _predict(*overrides):
-    with initialize_config_module("kxnet.conf.predict", version_base="1.3"):
-        cfg = compose("predict", overrides=list(overrides))
-    return prediction.run(cfg, list(overrides))
+    return run_predict(overrides)
 
 
 def test_predict_tiled_writes_the_image_and_a_kernel_per_tile(tmp_path, photos, weights):
@@ -133,9 +125,9 @@ def test_predict_self_ensemble_runs_eight_passes(tmp_path, photos, weights):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["kernel=local"], "kernel=local is not a mode"),
+        (["kernel=local"], "kernel=local is not a kernel mode"),
         (["kernel=tiled", "save_stages=true"], "set save_stages=false"),
-        (["self_ensemble=yes"], "self_ensemble=yes must be true or false"),
+        (["self_ensemble=maybe"], "self_ensemble=maybe must be true or false"),
         (["backend=onnx", "kernel=tiled"], "backend=onnx runs one kernel per image"),
     ],
 )

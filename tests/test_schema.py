@@ -5,6 +5,7 @@ it composes; the ranges are checked in one pass; every path option is taken agai
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,8 +177,9 @@ def test_train_eval_and_predict_from_a_subfolder_read_and_write_under_the_root_d
     checkout = project_root()
     root, cwd = tmp_path / "root", tmp_path / "elsewhere" / "sub"
     cwd.mkdir(parents=True)
-    root.mkdir()
-    (root / "data").symlink_to(checkout / "data")
+    # Copies, so that a path resolved against the checkout instead finds nothing.
+    shutil.copytree(checkout / "data" / "train", root / "data" / "train")
+    shutil.copytree(checkout / "data" / "benchmarks" / "Set5", root / "data/benchmarks/Set5")
     before = _listing(checkout)
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
 
@@ -193,7 +195,8 @@ def test_train_eval_and_predict_from_a_subfolder_read_and_write_under_the_root_d
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
-    run("train", "debug=limit", *QUIET)
+    training = run("train", "debug=limit", *QUIET)
+    assert f"{root}/data/train" in training.stdout + training.stderr
     (trained,) = (root / "outputs").glob("debug/runs/*/weights.pt")
     weights = str(trained.relative_to(root))
     run(

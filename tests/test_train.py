@@ -424,7 +424,7 @@ def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, caps
         eval_cfg = compose(
             "eval",
             overrides=[
-                f"ckpt_path={_weights(tmp_path)}",
+                f"ckpt_path={tmp_path / 'weights.pt'}",
                 f"paths.output_dir={tmp_path / 'kxnet-eval'}",
                 f"paths.benchmark_dir={cfg.paths.benchmark_dir}",
                 f"paths.cache_dir={cfg.paths.cache_dir}",

@@ -38,7 +38,6 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 from torch import Tensor
 
 from kxnet.atomic import atomic_save
-from kxnet.description import ModelDescription
 from kxnet.errors import CheckpointError
 from kxnet.nn.kxnet import KXNet
 from kxnet.official import convert_official_state_dict, load_official

@@ -110,12 +110,14 @@ def resolve_path(path: str | os.PathLike | None, root: str | os.PathLike | None 
 PACKAGED_DATA = Path(__file__).resolve().with_name("bundled")
 
 
-def bundled_path(data_dir: str | os.PathLike, sub: str) -> str:
-    """``<data_dir>/<sub>`` (``train``, ``benchmarks``) when that folder exists, else the copy
-    shipped inside the package (an installed kxnet run from a folder without ``data/``), else
+def bundled_path(root: str | os.PathLike, data_dir: str | os.PathLike, sub: str) -> str:
+    """``<data_dir>/<sub>`` (``train``, ``benchmarks``; a relative ``data_dir`` taken against
+    ``root``, the run's ``paths.root_dir``) when that folder exists, else the copy shipped inside
+    the package (an installed kxnet run from a folder without ``data/``), else
     ``<data_dir>/<sub>`` still, for the start-up checks to name."""
     wanted = Path(str(data_dir)) / sub
-    if resolve_path(wanted).is_dir() or not (PACKAGED_DATA / sub).is_dir():
+    here = resolve_path(wanted, os.path.expanduser(str(root)))
+    if here.is_dir() or not (PACKAGED_DATA / sub).is_dir():
         return str(wanted)
     return str(PACKAGED_DATA / sub)
 
@@ -127,7 +129,7 @@ def run_id() -> str:
 
 
 def register_resolvers() -> None:
-    """``${kx.root:}``, ``${kx.bundled:DATA_DIR,SUB}`` (:func:`bundled_path`),
+    """``${kx.root:}``, ``${kx.bundled:ROOT,DATA_DIR,SUB}`` (:func:`bundled_path`),
     ``${kx.cpu_precision:}`` (:func:`kxnet.hardware.cpu_precision`),
     ``${kx.kernel_size:SETTING,SCALE}``, ``${kx.sigma_range:SETTING,SCALE}`` (null at a null
     scale), ``${kx.noise_max:SETTING}`` (:mod:`kxnet.description`),
@@ -136,7 +138,7 @@ def register_resolvers() -> None:
     sweep, so that a run's folder name is the same wherever it is read)."""
     resolvers = {
         "kx.root": lambda: str(project_root()),
-        "kx.bundled": lambda data_dir, sub: bundled_path(data_dir, str(sub)),
+        "kx.bundled": lambda root, data_dir, sub: bundled_path(root, data_dir, str(sub)),
         "kx.cpu_precision": hardware.cpu_precision,
         "kx.config_groups": lambda app: format_config_groups(str(app)),
         "kx.kernel_size": lambda setting, scale: (
@@ -293,6 +295,10 @@ def checked(cfg: DictConfig) -> DictConfig:
     """A composed config with every range of its schema checked
     (:func:`kxnet.schema.check_ranges`), resolved, its enums replaced by their values and every
     path option absolute (a relative one taken against ``paths.root_dir``)."""
+    try:
+        schema.type_optional_groups(cfg)
+    except ValidationError as err:
+        raise schema.schema_error(err, sys.argv[1:]) or StartupError(_squash(str(err))) from err
     schema.check_ranges(cfg)
     values = schema.plain_values(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     values = schema.absolute_paths(values, schema.path_keys(cfg))

@@ -195,12 +195,13 @@ def resolve_weights(
     weights: str,
     asked: Mapping,
     ckpt_path: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
     report: Callable[[str], None] = say,
 ) -> tuple[Path, dict]:
     """A command's ``weights=NAME``: its local file and the properties to expect of it (the
     asked ones that are set, and those the name fixes). ``official`` is the model of the asked
-    ``setting`` and ``scale`` (unset: the :mod:`~kxnet.description` defaults); naming a
-    ``ckpt_path`` too is refused."""
+    ``setting`` and ``scale`` (unset: the :mod:`~kxnet.description` defaults), ``latest`` the
+    newest under ``root``'s outputs; naming a ``ckpt_path`` too is refused."""
     if ckpt_path:
         raise StartupError(
             f"ckpt_path={ckpt_path} and weights={weights} both name a model: give one of them"
@@ -208,7 +209,7 @@ def resolve_weights(
     asked = {key: value for key, value in asked.items() if value is not None}
     if str(weights).strip() == OFFICIAL:
         asked = {"setting": DEFAULT_SETTING, "scale": DEFAULT_SCALE, **asked}
-    path, fixed = weights_path(str(weights), asked, report=report)
+    path, fixed = weights_path(str(weights), asked, root, report=report)
     return path, {**asked, **fixed}
 
 
@@ -217,12 +218,14 @@ def build_model(
     weights: str | None,
     asked: Mapping,
     map_location: str | torch.device = "cpu",
+    root: str | os.PathLike | None = None,
 ) -> KXNet | None:
-    """The network a command names: ``weights`` (a model name) or ``ckpt_path`` (a file), each
-    checked against the ``asked`` properties (scale, stages, kernel_size, setting; None: unset);
-    without either, the bicubic baseline (S = 0) when ``asked["stages"]`` is 0, else None."""
+    """The network a command names: ``weights`` (a model name; ``latest`` under ``root``, the
+    run's ``paths.root_dir``) or ``ckpt_path`` (a file), each checked against the ``asked``
+    properties (scale, stages, kernel_size, setting; None: unset); without either, the bicubic
+    baseline (S = 0) when ``asked["stages"]`` is 0, else None."""
     if weights:
-        path, expect = resolve_weights(weights, asked, ckpt_path)
+        path, expect = resolve_weights(weights, asked, ckpt_path, root)
         return load_file(path, map_location, **expect)
     if ckpt_path:
         return load_file(Path(ckpt_path), map_location, **asked)

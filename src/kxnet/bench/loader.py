@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader
 
 from kxnet.atomic import atomic_path
 from kxnet.bench.measure import count_flops
-from kxnet.config import project_root
 from kxnet.data.hr_dataset import EpochSampler, HRImageFolder
 from kxnet.data.images import list_images
 from kxnet.data.prepared import is_prepared, prepare_folder
@@ -45,10 +44,11 @@ DIV2K_SIZE = (2040, 1356)
 PAPER_STEP = {"scale": 4, "stages": 19, "batch": 12, "lr_size": 64}
 
 
-def div2k_like(folder: Path, count: int) -> Path:
-    """``count`` DIV2K-sized PNG images in ``folder`` (made once, from the bundled images)."""
+def div2k_like(folder: Path, count: int, sources_dir: Path) -> Path:
+    """``count`` DIV2K-sized PNG images in ``folder`` (made once, from the images of
+    ``sources_dir``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    sources = list_images(project_root() / "data" / "benchmarks" / "Set14")
+    sources = list_images(sources_dir)
     for k in range(count):
         path = folder / f"{k:04d}.png"
         if path.is_file():
@@ -112,6 +112,7 @@ def paper_step_flops() -> float:
 def measure_loader(
     folder: str | None,
     cache_dir: Path,
+    sources_dir: Path,
     images: int,
     batch: int,
     workers: int,
@@ -119,9 +120,10 @@ def measure_loader(
     gpu_step_s: float | None,
     gpu_flops_per_s: float,
 ) -> dict[str, Any]:
-    """Crops a second of every form in :data:`FORMS` and what the paper's GPU step needs."""
+    """Crops a second of every form in :data:`FORMS` and what the paper's GPU step needs; without
+    ``folder``, of DIV2K-sized images made from those of ``sources_dir``."""
     torch.set_num_threads(1)  # as in a DataLoader worker; the workers are the parallelism
-    source = Path(folder) if folder else div2k_like(cache_dir / "div2k_like", images)
+    source = Path(folder) if folder else div2k_like(cache_dir / "div2k_like", images, sources_dir)
     prepared = cache_dir / f"{source.name}_prepared"
     if not is_prepared(prepared):
         prepare_folder(source, prepared, report=lambda _: None)

@@ -72,7 +72,9 @@ def check(cfg: DictConfig) -> None:
             f"precisions must list float32 and any of {sorted(variants.DTYPES)}, got {precisions}"
         )
     if cfg.model.net.stages == 0:
-        raise StartupError("model.net.stages=0 has no stage to train: set model.net.stages=1 or more")
+        raise StartupError(
+            "model.net.stages=0 has no stage to train: set model.net.stages=1 or more"
+        )
     presets = measure.run_isolated(variants.degradation_presets) if "synthesis" in phases else []
     for name in cfg.degradations if presets else []:
         if name not in presets:

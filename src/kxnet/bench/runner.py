@@ -41,7 +41,6 @@ from kxnet.bench import formulations, loader, measure, plan, scaling, tables
 from kxnet.bench.backends import export_for, measure_backend
 from kxnet.bench.variants import measure_phase, measure_profile, measure_rss
 from kxnet.startup import check_device
-from kxnet.config import resolve_path
 
 __all__ = ["run"]
 
@@ -92,7 +91,7 @@ def _gpu_step_s(cfg: DictConfig) -> float | None:
     one in the newest ``make bench-gpu`` reports (x4, S = 19, batch 12, LR 64, on CUDA)."""
     if cfg.loader.gpu_step_s is not None:
         return float(cfg.loader.gpu_step_s)
-    runs = sorted((resolve_path("outputs") / "bench" / "gpu").glob("*/"))
+    runs = sorted((Path(cfg.paths.root_dir) / "outputs" / "bench" / "gpu").glob("*/"))
     steps = []
     for report in sorted(runs[-1].glob("*/bench.json")) if runs else []:
         data = json.loads(report.read_text())
@@ -108,6 +107,12 @@ def _gpu_step_s(cfg: DictConfig) -> float | None:
     return min(steps) if steps else None
 
 
+def _loader_sources(benchmark_dir: Path) -> Path:
+    """The images the loader phase enlarges to DIV2K's size: Set14's, else the folder's own."""
+    set14 = benchmark_dir / "Set14"
+    return set14 if set14.is_dir() else benchmark_dir
+
+
 def _loader(cfg: DictConfig, console: Console) -> dict[str, Any]:
     """The loader phase, in this process (its DataLoader starts worker processes of its own)."""
     console.log("timing loader: png, prepared, cached")
@@ -116,7 +121,8 @@ def _loader(cfg: DictConfig, console: Console) -> dict[str, Any]:
     try:
         return loader.measure_loader(
             spec.folder,
-            resolve_path(spec.cache_dir),
+            Path(spec.cache_dir),
+            _loader_sources(Path(cfg.paths.benchmark_dir)),
             int(spec.images),
             int(spec.batch),
             int(spec.workers),

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from kxnet import physics
+from kxnet import physics, schema
 from kxnet.bench import authors, measure, profile
 from kxnet.data.synthesis import Degradation, paper_degradation
 from kxnet.loss import StageLoss
@@ -87,6 +87,7 @@ def _preset(spec: dict[str, Any]) -> Degradation:
     ``kxnet-train data/degradation=NAME`` composes it), built for its setting, scale, kernels
     and noise. Called in a measuring process, where no Hydra application runs."""
     overrides = [f"data/degradation={spec['degradation']}", f"setting={spec['setting']}"]
+    schema.register()
     with initialize_config_module(TRAIN_CONFIG, version_base="1.3"):
         preset = compose("train", overrides=overrides).data.degradation
     for key in ("setting", "scale", "kernel_size", "sigma_range", "noise_max"):

@@ -30,13 +30,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kxnet.atomic import SHARED_AGE_S, atomic_path, remove_leftovers
-from kxnet.checkpoint import model_or_bicubic
 from kxnet import models
+from kxnet.atomic import SHARED_AGE_S, atomic_path, remove_leftovers
 from kxnet.data.benchmarks import PROTOCOL_VERSION, BenchmarkSet
 from kxnet.ensemble import SelfEnsemble
 from kxnet.errors import USER_ERRORS, EvalError, Interrupted, report_error
 from kxnet.eval import report
+from kxnet.eval.no_reference import check_photos, evaluate_photos, photos_markdown, write_photos
 from kxnet.eval.per_image import (
     check_true_kernel,
     device_name,
@@ -44,7 +44,6 @@ from kxnet.eval.per_image import (
     method_name,
     summarize,
 )
-from kxnet.eval.no_reference import check_photos, evaluate_photos, photos_markdown, write_photos
 from kxnet.hardware import PRECISIONS
 from kxnet.metrics import psnr
 from kxnet.nn import KXNet
@@ -338,7 +337,7 @@ def build_model(cfg: DictConfig, device="cpu") -> KXNet:
     asked = asked_model(cfg)
     if not cfg.ckpt_path and not cfg.weights and asked["stages"] is None:
         asked["stages"] = 0
-    model = models.build_model(cfg.ckpt_path, cfg.weights, asked, device)
+    model = models.build_model(cfg.ckpt_path, cfg.weights, asked, device, root=cfg.paths.root_dir)
     if model is None:
         raise EvalError(
             f"model.net.stages={asked['stages']} without ckpt_path or weights would evaluate an "

@@ -671,7 +671,7 @@ def _onnx_model(cfg: DictConfig, options: PredictOptions) -> OnnxKXNet:
 
 
 def _model(cfg: DictConfig, device: torch.device) -> KXNet:
-    model = build_model(cfg.ckpt_path, cfg.weights, _asked(cfg), device)
+    model = build_model(cfg.ckpt_path, cfg.weights, _asked(cfg), device, root=cfg.paths.root_dir)
     if model is None:
         raise PredictError(
             "ckpt_path is not set: pass a checkpoint (ckpt_path=…), a model name "

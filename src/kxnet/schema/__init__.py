@@ -21,7 +21,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
+from omegaconf.errors import ConfigKeyError, ValidationError
 from omegaconf.nodes import BooleanNode, EnumNode, FloatNode, IntegerNode, ValueNode
 
 from kxnet.errors import StartupError
@@ -31,6 +31,7 @@ from kxnet.schema.train import TrainConfig
 __all__ = [
     "SCHEMAS",
     "register",
+    "type_optional_groups",
     "check_ranges",
     "schema_error",
     "path_keys",
@@ -88,6 +89,29 @@ def schema_error(err: ValidationError, args: Sequence[str]) -> StartupError | No
         if isinstance(node, kind):
             return StartupError(f"{key}={given} must be {words}")
     return None
+
+
+def type_optional_groups(cfg: DictConfig) -> None:
+    """Each field of ``cfg``'s schema declared with :func:`~kxnet.schema.fields.optional_group`
+    and set (not null) merged into a node of its schema, in place: an unknown key is a
+    StartupError, a wrong type OmegaConf's ValidationError (as composing raises for the other
+    groups)."""
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return
+    for f in dataclasses.fields(schema):
+        group = f.metadata.get("group")
+        if group is not None and cfg.get(f.name) is not None:
+            try:
+                cfg[f.name] = OmegaConf.merge(OmegaConf.structured(group), cfg[f.name])
+            except ConfigKeyError as err:
+                names = ", ".join(g.name for g in dataclasses.fields(group))
+                raise StartupError(
+                    f"{f.name}.{err.key} is not an option of {f.name}: use {names}"
+                ) from err
+            except ValidationError as err:
+                err.full_key = f"{f.name}.{err.full_key or err.key}"
+                raise
 
 
 def _range_error(key: str, value: float, meta: dict) -> str | None:

@@ -11,6 +11,7 @@ __all__ = [
     "bounded",
     "odd",
     "path",
+    "optional_group",
     "Precision",
     "EvalPrecision",
     "Export",
@@ -34,6 +35,12 @@ def path(default: Any) -> Any:
     """A file or folder option: a relative value is taken against ``paths.root_dir``
     (:func:`kxnet.schema.absolute_paths`), ``~`` is the home folder."""
     return field(default=default, metadata={"path": True})
+
+
+def optional_group(schema: type) -> Any:
+    """A group that is null or a node of ``schema`` (a dataclass), typed once composed by
+    :func:`kxnet.schema.type_optional_groups`."""
+    return field(default=None, metadata={"group": schema})
 
 
 def _named(cls: type[enum.Enum]) -> type[enum.Enum]:

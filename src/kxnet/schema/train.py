@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from kxnet.description import Scale, Setting
-from kxnet.schema.fields import Export, Precision, bounded, odd, path
+from kxnet.schema.fields import Export, Precision, bounded, odd, optional_group, path
 from kxnet.schema.shared import EvalOptionsConfig, NetConfig, PathsConfig, SettingConfig
 
 __all__ = [
@@ -91,7 +91,8 @@ class TrainerConfig:
     # A count >= 1, -1 (every device), auto, or a list of device indices.
     devices: Any = 1
     num_nodes: int = bounded(1, minimum=1)
-    precision: Precision = Precision["32-true"]  # type: ignore[valid-type]
+    # null: a precision plugin of trainer.plugins decides (Lightning's precision=None).
+    precision: Precision | None = Precision["32-true"]  # type: ignore[valid-type]
     max_steps: int = bounded(-1, minimum=-1)
     max_epochs: int | None = bounded(None, minimum=-1)
     max_time: str | None = None
@@ -139,7 +140,9 @@ class TrainConfig:
     export: Export = MISSING  # type: ignore[valid-type]
     test: bool = MISSING
     optimized_metric: str | None = None
-    eval: EvalOptionsConfig | None = None
+    # null, or EvalOptionsConfig: typed by kxnet.schema.type_optional_groups once composed
+    # (OmegaConf cannot merge a command line's {…} into a dataclass node that is null).
+    eval: Any = optional_group(EvalOptionsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     setting: SettingConfig = field(default_factory=SettingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,0 +1,44 @@
+"""Running ``kxnet.eval`` and ``kxnet.predict`` in-process on the config their ``main()`` hands
+over (:func:`kxnet.config.checked`), with the exit status the command would give."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_module
+
+from kxnet.config import check_command_line, checked
+from kxnet.errors import USER_ERRORS, report_error
+from kxnet.eval import run as eval_run
+from kxnet.predict import prediction
+
+
+def _checked(app: str, overrides: Sequence[str]):
+    check_command_line(app, overrides)  # a value the schema refuses: one line, as main() says
+    with initialize_config_module(f"kxnet.conf.{app}", version_base="1.3"):
+        return checked(compose(app, overrides=list(overrides)))
+
+
+def run_eval(overrides: Sequence[str]) -> int:
+    """``python -m kxnet.eval OVERRIDES``'s exit status; outside a Hydra run, the run folder is
+    ``paths.output_dir``, a new temporary folder unless given."""
+    if not any(o.startswith("paths.output_dir=") for o in overrides):
+        overrides = [*overrides, f"paths.output_dir={tempfile.mkdtemp(prefix='eval-')}"]
+    try:
+        cfg = _checked("eval", overrides)
+    except USER_ERRORS as err:
+        return report_error(err)
+    return eval_run.run(cfg, overrides)
+
+
+def run_predict(overrides: Sequence[str]) -> int:
+    """``python -m kxnet.predict OVERRIDES``'s exit status; outside a Hydra run, the run folder
+    is the output folder."""
+    output = [o.split("=", 1)[1] for o in overrides if o.startswith("output=")]
+    run_folder = [f"paths.output_dir={output[0]}"] if output else []
+    try:
+        cfg = _checked("predict", [*run_folder, *overrides])
+    except USER_ERRORS as err:
+        return report_error(err)
+    return prediction.run(cfg)
