@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from kxnet.checkpoint import (
     CONFIG_KEYS,
@@ -24,7 +23,6 @@ from kxnet.checkpoint import (
     lightning_net_config,
     read_checkpoint,
 )
-from kxnet.config import resolve_path
 from kxnet.errors import CheckpointError, StartupError
 from kxnet.startup import (
     check_benchmarks,
@@ -88,16 +86,6 @@ def check_resume(
     return ckpt
 
 
-def _value(cfg: DictConfig, key: str, option: str) -> Any:
-    """A config value, resolved; an interpolation that fails is a start-up error."""
-    try:
-        return OmegaConf.select(cfg, key, throw_on_missing=True)
-    except OmegaConfBaseException as err:
-        cause = err.__cause__ or err
-        message = str(cause).split("\n")[0]
-        raise StartupError(f"{option} cannot be resolved ({message})") from err
-
-
 def _checkpoint_dirs(cfg: DictConfig) -> list[tuple[str, Any]]:
     callbacks = cfg.get("callbacks") or {}
     return [
@@ -120,8 +108,7 @@ def check_training_source(cfg: DictConfig, overrides: Sequence[str]) -> None:
     T91 unless ``paths.train_dir`` (or ``data.train_dir``) is given on the command line."""
     if not cfg.get("paper_data"):
         return
-    train_dir = resolve_path(_value(cfg, "data.train_dir", "paths.train_dir"))
-    bundled = resolve_path(_value(cfg, "paths.bundled_train_dir", "paths.bundled_train_dir"))
+    train_dir, bundled = Path(cfg.data.train_dir), Path(cfg.paths.bundled_train_dir)
     if train_dir == bundled and not _given(overrides, "paths.train_dir", "data.train_dir"):
         raise StartupError(
             f"paths.train_dir={train_dir} is the bundled T91 (91 small images), but this run "
@@ -148,30 +135,30 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything ``python -m kxnet.train`` can check without reading data: the model and
     patch sizes, the training data a paper run takes, the folders it writes, the checkpoint it
     resumes, the benchmark sets. ``overrides`` is the command line."""
-    model = {key: _value(cfg, f"model.net.{key}", OPTIONS[key]) for key in CONFIG_KEYS}
+    model = {key: cfg.model.net[key] for key in CONFIG_KEYS}
     training = model["stages"] > 0
     if training:
         check_training_source(cfg, overrides)
         check_patch(cfg.data.lr_patch_size, model["scale"], model["kernel_size"])
-        data_p = _value(cfg, "data.kernel_size", "setting.kernel_size")
+        data_p = cfg.data.kernel_size
         if data_p not in (None, model["kernel_size"]):
             raise StartupError(
                 f"model.net.kernel_size={model['kernel_size']} differs from the training kernels' "
                 f"setting.kernel_size={data_p}: set setting.kernel_size={model['kernel_size']} "
                 "too, or leave model.net.kernel_size to follow the setting"
             )
-    devices = _value(cfg, "trainer.devices", "trainer.devices")
+    devices = cfg.trainer.devices
     if devices is not None:
         check_devices(devices)
-    check_writable(_value(cfg, "paths.output_dir", "paths.output_dir"), "paths.output_dir")
+    check_writable(cfg.paths.output_dir, "paths.output_dir")
     for option, folder in _checkpoint_dirs(cfg) if training else []:
         check_writable(folder, option)
-    check_writable(resolve_path(_value(cfg, "paths.cache_dir", "paths")), "paths.cache_dir")
+    check_writable(cfg.paths.cache_dir, "paths.cache_dir")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and training:
         check_resume(ckpt_path, model)
-    benchmarks = resolve_path(_value(cfg, "data.benchmark_dir", "paths.benchmark_dir"))
-    validating = _value(cfg, "trainer.limit_val_batches", "trainer") != 0
+    benchmarks = Path(cfg.data.benchmark_dir)
+    validating = cfg.trainer.limit_val_batches != 0
     if training and validating and cfg.data.val_datasets:
         check_benchmarks(benchmarks, list(cfg.data.val_datasets), "data.val_datasets")
     if cfg.get("eval"):

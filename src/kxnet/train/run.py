@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from kxnet import hardware
 from kxnet.atomic import SHARED_AGE_S, remove_leftovers
 from kxnet.checkpoint import load_model, model_config, read_checkpoint, safe_loading, save_weights
-from kxnet.config import checked
 from kxnet.errors import Interrupted, StartupError
 from kxnet.eval.run import EvalPlan, evaluate_beside_bicubic
 from kxnet.train import ddp
@@ -190,11 +189,11 @@ def train(cfg: DictConfig) -> float | None:
     """Check the run, fit, test the exported checkpoint (``cfg.export``: the last one, as the
     paper reports, or the best on validation; with the ``WeightEMA`` callback, the last one is
     its average or the raw weights, whichever validates better), export its weights and (with
-    ``cfg.eval``) evaluate them beside bicubic; returns ``cfg.optimized_metric``.
+    ``cfg.eval``) evaluate them beside bicubic; returns ``cfg.optimized_metric``. ``cfg`` is
+    what ``main()`` hands over: checked and plain (:func:`kxnet.config.checked`).
 
     ``model.net.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
-    cfg = checked(cfg)
     overrides = _command_line()
     check_train(cfg, overrides)
     if _first_process():
