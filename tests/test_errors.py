@@ -186,6 +186,36 @@ CASES = {
         r"scale cannot be resolved \(Interpolation key 'nowhere' not found\)",
     ),
     "train: batch of none": ("train", ["data.batch_size=0"], r"data\.batch_size=0 must be"),
+    "train: negative loader workers": (
+        "train",
+        ["data.num_workers=-1"],
+        r"data\.num_workers=-1 must be an integer >= 0",
+    ),
+    "train: an image check that is none": (
+        "train",
+        ["data.check=bogus"],
+        r"data\.check=bogus is not a check of the training images",
+    ),
+    "train: negative learning rate": (
+        "train",
+        ["optim.optimizer.lr=-1"],
+        r"optim\.optimizer \(torch\.optim\.Adam\) refuses its options: Invalid learning rate",
+    ),
+    "train: a schedule that cannot be built": (
+        "train",
+        ["optim=cosine", "optim.scheduler.eta_min=x"],
+        r"optim\.scheduler \(kxnet\.train\.schedule\.BudgetCosineLR\) refuses its options",
+    ),
+    "train: an evaluation option out of range": (
+        "train",
+        ["eval={{datasets: [Set5], num_workers: -2}}"],
+        r"eval\.num_workers=-2 must be an integer >= 0",
+    ),
+    "train: an evaluation option that is none": (
+        "train",
+        ["eval={{datasets: [Set5], workers: 2}}"],
+        r"eval\.workers is not an option of eval",
+    ),
     "train: no data folder": (
         "train",
         ["paths.train_dir={missing}"],

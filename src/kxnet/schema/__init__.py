@@ -54,6 +54,7 @@ _NOUNS = {
     "EvalPrecision": "a precision",
     "Export": "a checkpoint to export",
     "Backend": "an inference backend",
+    "ImageCheck": "a check of the training images (header, verify or decode)",
     "KernelMode": "a kernel mode (global: one kernel per image, tiled: one per tile)",
 }
 

@@ -18,6 +18,7 @@ __all__ = [
     "LogWhen",
     "Backend",
     "KernelMode",
+    "ImageCheck",
 ]
 
 
@@ -80,3 +81,7 @@ LogWhen = _named(enum.Enum("LogWhen", {"auto": "auto", "always": "always", "neve
 Backend = _named(enum.Enum("Backend", {"torch": "torch", "onnx": "onnx"}))
 # Predict's kernel: global (one per image) or tiled (one per tile).
 KernelMode = _named(enum.Enum("KernelMode", {"global": "global", "tiled": "tiled"}))
+# How much of every training image is read at start-up: header, verify or decode.
+ImageCheck = _named(
+    enum.Enum("ImageCheck", {"header": "header", "verify": "verify", "decode": "decode"})
+)

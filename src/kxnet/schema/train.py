@@ -10,7 +10,15 @@ from typing import Any
 from omegaconf import MISSING
 
 from kxnet.description import Scale, Setting
-from kxnet.schema.fields import Export, Precision, bounded, odd, optional_group, path
+from kxnet.schema.fields import (
+    Export,
+    ImageCheck,
+    Precision,
+    bounded,
+    odd,
+    optional_group,
+    path,
+)
 from kxnet.schema.shared import EvalOptionsConfig, NetConfig, PathsConfig, SettingConfig
 
 __all__ = [
@@ -70,7 +78,7 @@ class DataConfig:
     repeat: int = bounded(MISSING, minimum=1)
     cache_images: bool | None = None
     # header, verify or decode: how much of every training image is read at start-up.
-    check: str = MISSING
+    check: ImageCheck = MISSING  # type: ignore[valid-type]
     val_dir: str | None = path(None)
     val_images: int = bounded(MISSING, minimum=0)
     val_datasets: list[str] = MISSING

@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from kxnet.checkpoint import (
@@ -131,15 +134,36 @@ def warn_if_small(cfg: DictConfig, overrides: Sequence[str], images: int, root: 
         )
 
 
+def check_optim(optimizer: Mapping | None, scheduler: Any) -> None:
+    """The optimiser and its schedule (``_target_`` mappings, as the module builds them) build
+    on a stand-in parameter: a value they refuse (``optim.optimizer.lr=-1``) is one line at
+    start-up, not a traceback once the Trainer starts."""
+    if not isinstance(optimizer, Mapping):
+        return
+    for key, node in (("optim.optimizer", optimizer), ("optim.scheduler", scheduler)):
+        try:
+            if key == "optim.optimizer":
+                stand_in = [torch.nn.Parameter(torch.zeros(1))]
+                built = instantiate(node, params=stand_in, _convert_="all")
+            elif isinstance(node, Mapping):
+                instantiate(node, optimizer=built, _convert_="all")
+        except InstantiationException as err:
+            cause = str(err.__cause__ or err).strip().splitlines()[-1]
+            raise StartupError(
+                f"{key} ({node.get('_target_')}) refuses its options: {cause}"
+            ) from err
+
+
 def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything ``python -m kxnet.train`` can check without reading data: the model and
     patch sizes, the training data a paper run takes, the folders it writes, the checkpoint it
-    resumes, the benchmark sets. ``overrides`` is the command line."""
+    resumes, the optimiser, the benchmark sets. ``overrides`` is the command line."""
     model = {key: cfg.model.net[key] for key in CONFIG_KEYS}
     training = model["stages"] > 0
     if training:
         check_training_source(cfg, overrides)
         check_patch(cfg.data.lr_patch_size, model["scale"], model["kernel_size"])
+        check_optim(cfg.model.optimizer, cfg.model.scheduler)
         data_p = cfg.data.kernel_size
         if data_p not in (None, model["kernel_size"]):
             raise StartupError(
