@@ -47,6 +47,7 @@ __all__ = [
     "newest_weights",
     "weights_path",
     "resolve_weights",
+    "asked_properties",
     "build_model",
     "is_name",
     "load_model",
@@ -211,6 +212,18 @@ def resolve_weights(
         asked = {"setting": DEFAULT_SETTING, "scale": DEFAULT_SCALE, **asked}
     path, fixed = weights_path(str(weights), asked, root, report=report)
     return path, {**asked, **fixed}
+
+
+def asked_properties(config: Mapping) -> dict:
+    """The model properties a command's config sets (``scale``, ``setting.name``,
+    ``model.net.stages``, ``model.net.kernel_size``; None: unset, the checkpoint's)."""
+    setting = config["setting"]
+    return {
+        "scale": config["scale"],
+        "setting": setting["name"] if setting else None,
+        "stages": config["model"]["net"]["stages"],
+        "kernel_size": config["model"]["net"]["kernel_size"],
+    }
 
 
 def build_model(

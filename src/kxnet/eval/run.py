@@ -320,21 +320,11 @@ def evaluate_beside_bicubic(
     return table, payloads
 
 
-def asked_model(cfg: DictConfig) -> dict:
-    """The model properties the config sets (None: the checkpoint's)."""
-    return {
-        "scale": cfg.scale,
-        "setting": cfg.setting.name if cfg.setting else None,
-        "stages": cfg.model.net.stages,
-        "kernel_size": cfg.model.net.kernel_size,
-    }
-
-
 def build_model(cfg: DictConfig, device="cpu") -> KXNet:
     """The network of ``weights`` (a model name) or ``ckpt_path`` (checked against the config's
     model properties), or bicubic without either (``model.net.stages`` null or 0); raises
     CheckpointError, DownloadError or EvalError."""
-    asked = asked_model(cfg)
+    asked = models.asked_properties(cfg)
     if not cfg.ckpt_path and not cfg.weights and asked["stages"] is None:
         asked["stages"] = 0
     model = models.build_model(cfg.ckpt_path, cfg.weights, asked, device, root=cfg.paths.root_dir)

@@ -54,7 +54,7 @@ from kxnet.data.images import (
 from kxnet.ensemble import SelfEnsemble
 from kxnet.errors import USER_ERRORS, ImageReadError, Interrupted, PredictError, report_error
 from kxnet.hardware import PRECISIONS, inference_autocast
-from kxnet.models import build_model
+from kxnet.models import asked_properties, build_model
 from kxnet.nn.kxnet import KXNet
 from kxnet.onnx_network import OnnxKXNet
 from kxnet.pictures import kernel_strip, text_band
@@ -631,16 +631,6 @@ def _device(model: KXNet | OnnxKXNet) -> torch.device:
     return next(iter(model.parameters()), model.k0).device
 
 
-def _asked(cfg: DictConfig) -> dict:
-    """The model properties the config sets (None: the checkpoint's)."""
-    return {
-        "scale": cfg.scale,
-        "setting": cfg.setting.name if cfg.setting else None,
-        "stages": cfg.model.net.stages,
-        "kernel_size": cfg.model.net.kernel_size,
-    }
-
-
 def _onnx_model(cfg: DictConfig, options: PredictOptions) -> OnnxKXNet:
     """backend=onnx: the exported model of ckpt_path, run by onnxruntime on the CPU."""
     if not cfg.ckpt_path or cfg.weights:
@@ -664,14 +654,16 @@ def _onnx_model(cfg: DictConfig, options: PredictOptions) -> OnnxKXNet:
         "kernel_size": model.kernel_size,
         "setting": model.setting,
     }
-    for key, value in _asked(cfg).items():
+    for key, value in asked_properties(cfg).items():
         if value is not None and value != have[key]:
             raise PredictError(f"{key}={value} does not match {model.path} ({key} {have[key]})")
     return model
 
 
 def _model(cfg: DictConfig, device: torch.device) -> KXNet:
-    model = build_model(cfg.ckpt_path, cfg.weights, _asked(cfg), device, root=cfg.paths.root_dir)
+    model = build_model(
+        cfg.ckpt_path, cfg.weights, asked_properties(cfg), device, root=cfg.paths.root_dir
+    )
     if model is None:
         raise PredictError(
             "ckpt_path is not set: pass a checkpoint (ckpt_path=…), a model name "
