@@ -39,8 +39,8 @@ def _instantiate(cfg) -> pl.Trainer:
     module = instantiate(cfg.model, _recursive_=False)
     assert isinstance(datamodule, pl.LightningDataModule)
     assert isinstance(module, KXNetModule)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all("callbacks", cfg.get("callbacks"))
+    loggers = _instantiate_all("logger", cfg.get("logger"))
     trainer_cfg = cfg.trainer
     if trainer_cfg.accelerator == "gpu" and not torch.cuda.is_available():
         trainer_cfg = OmegaConf.merge(trainer_cfg, {"accelerator": "cpu"})

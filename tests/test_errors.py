@@ -206,6 +206,11 @@ CASES = {
         ["optim=cosine", "optim.scheduler.eta_min=x"],
         r"optim\.scheduler \(kxnet\.train\.schedule\.BudgetCosineLR\) refuses its options",
     ),
+    "train: a checkpoint callback option Lightning refuses": (
+        "train",
+        ["callbacks.model_checkpoint.save_top_k=-5"],
+        r"callbacks\.model_checkpoint \(.*ModelCheckpoint\) refuses its options: .*save_top_k",
+    ),
     "train: an evaluation option out of range": (
         "train",
         ["eval={{datasets: [Set5], num_workers: -2}}"],

@@ -134,24 +134,26 @@ def warn_if_small(cfg: DictConfig, overrides: Sequence[str], images: int, root: 
         )
 
 
+def build(node: Mapping, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, where options that the target refuses are one line
+    naming ``key``: ``callbacks.model_checkpoint (…ModelCheckpoint) refuses its options: …``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = str(err.__cause__ or err).strip().splitlines()[-1]
+        raise StartupError(f"{key} ({node.get('_target_')}) refuses its options: {cause}") from err
+
+
 def check_optim(optimizer: Mapping | None, scheduler: Any) -> None:
     """The optimiser and its schedule (``_target_`` mappings, as the module builds them) build
     on a stand-in parameter: a value they refuse (``optim.optimizer.lr=-1``) is one line at
     start-up, not a traceback once the Trainer starts."""
     if not isinstance(optimizer, Mapping):
         return
-    for key, node in (("optim.optimizer", optimizer), ("optim.scheduler", scheduler)):
-        try:
-            if key == "optim.optimizer":
-                stand_in = [torch.nn.Parameter(torch.zeros(1))]
-                built = instantiate(node, params=stand_in, _convert_="all")
-            elif isinstance(node, Mapping):
-                instantiate(node, optimizer=built, _convert_="all")
-        except InstantiationException as err:
-            cause = str(err.__cause__ or err).strip().splitlines()[-1]
-            raise StartupError(
-                f"{key} ({node.get('_target_')}) refuses its options: {cause}"
-            ) from err
+    stand_in = [torch.nn.Parameter(torch.zeros(1))]
+    built = build(optimizer, "optim.optimizer", params=stand_in, _convert_="all")
+    if isinstance(scheduler, Mapping):
+        build(scheduler, "optim.scheduler", optimizer=built, _convert_="all")
 
 
 def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:

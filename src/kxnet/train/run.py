@@ -29,7 +29,7 @@ from kxnet.train.callbacks import RankSeed
 from kxnet.train.ema import WeightEMA, keep_the_better
 from kxnet.train.loggers import default_wandb_mode, finish_wandb, log_weights
 from kxnet.train.module import KXNetModule
-from kxnet.train.preflight import check_train, check_training_data
+from kxnet.train.preflight import build, check_train, check_training_data
 from kxnet.train.progress import report
 
 __all__ = ["WEIGHTS_FILE", "train"]
@@ -39,11 +39,14 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.pt"
 
 
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a callbacks or loggers group (None: none)."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+def _instantiate_all(name: str, group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of the callbacks or loggers group ``name`` (None:
+    none); options an entry refuses are one line (:func:`~kxnet.train.preflight.build`)."""
+    return [
+        build(entry, f"{name}.{key}")
+        for key, entry in (group or {}).items()
+        if entry and "_target_" in entry
+    ]
 
 
 def _command_line() -> list[str]:
@@ -204,8 +207,8 @@ def train(cfg: DictConfig) -> float | None:
         check_training_data(datamodule, cfg, overrides)
     pl.seed_everything(cfg.seed, workers=True)
     module: KXNetModule = instantiate(cfg.model, _recursive_=False)
-    callbacks = [RankSeed(cfg.seed), *_instantiate_all(cfg.get("callbacks"))]
-    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = [RankSeed(cfg.seed), *_instantiate_all("callbacks", cfg.get("callbacks"))]
+    loggers = _instantiate_all("logger", cfg.get("logger"))
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         log.info("W&B mode: %s", default_wandb_mode())
     trainer = _trainer(cfg, callbacks, loggers)
