@@ -552,7 +552,7 @@ def test_a_bad_input_is_one_line_with_exit_2_and_changes_nothing(
 def test_the_table_covers_every_entry_point():
     counts = {entry: sum(case[0] == entry for case in CASES.values()) for entry in ENTRY_POINTS}
     assert all(count >= 5 for count in counts.values()), counts
-    assert len(CASES) > 50, "the README promises more than 50 mistakes tested"
+    assert len(CASES) > 70, "the README promises more than 70 mistakes tested"
 
 
 def test_config_errors_name_the_key_and_full_error_raises(monkeypatch, capsys):
