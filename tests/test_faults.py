@@ -218,7 +218,7 @@ def test_one_line_errors_exit_status_and_traceback_on_request(capsys, monkeypatc
 THROUGH_THE_COMMAND = [
     "no data folder",
     "unreadable image",
-    "scale",
+    "negative stages",
     "kernel larger than the patch allows",
     "output folder not writable",
     "missing validation set",
