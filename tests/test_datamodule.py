@@ -14,6 +14,7 @@ from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.data.datamodule import KXNetDataModule, ShardSampler
 from kxnet.errors import StartupError
+from trainhelp import compose_train
 
 REPO = project_root()
 BUNDLED = REPO / "data" / "benchmarks"
@@ -64,8 +65,7 @@ def test_training_batches_for_every_setting_and_scale(train_dir, tmp_path, setti
 
 
 def test_paper_config_setting2_x4_gives_lr64_from_hr256_with_21x21_kernels(tmp_path):
-    with initialize_config_module("kxnet.conf.train", version_base="1.3"):
-        cfg = compose("train", overrides=["setting=aniso", "scale=4"])
+    cfg = compose_train(tmp_path, "setting=aniso", "scale=4")
     assert (cfg.data.batch_size, cfg.data.lr_patch_size) == (12, 64)
     bundled = REPO / "data" / "train"
     dm = instantiate(
