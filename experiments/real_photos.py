@@ -1,13 +1,12 @@
-"""Trained models on real photos: NIQE on RealSRSet beside bicubic, the kernel map of one photo
-(``kernel=tiled``), and what the x8 self-ensemble gains on Set5 and Set14 and what it costs.
+"""Trained models on real photos: NIQE on RealSRSet beside bicubic, and the kernel map of one photo
+(``kernel=tiled``).
 
     python experiments/real_photos.py --weights paper=outputs/degradation_modes/paper/weights.pt \
         realistic=outputs/degradation_modes/realistic/weights.pt [--photo dped_crop00061]
 
 (the weights of ``experiments/degradation_modes.py``, or of ``make train`` as one ``NAME=FILE``).
 Writes into ``--out`` (default ``experiments/results/real_photos/``): ``niqe.md`` (per photo,
-bicubic and each model), ``self_ensemble.md`` (PSNR-Y plain and x8 on the Gaussian8 test sets,
-seconds per image; the first model), ``<photo>_kernel_map.png`` (the first model, tiles of
+bicubic and each model), ``<photo>_kernel_map.png`` (the first model, tiles of
 ``--tile`` LR pixels with ``--overlap``), ``results.json`` and ``command.txt``.
 """
 
@@ -26,11 +25,8 @@ import torch
 
 from kxnet.checkpoint import load_model
 from kxnet.config import project_root
-from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.data.images import list_images
-from kxnet.ensemble import SelfEnsemble
 from kxnet.eval.no_reference import evaluate_photos
-from kxnet.eval.per_image import evaluate, summarize
 from kxnet.predict.prediction import PredictOptions, predict_images
 
 
@@ -58,27 +54,6 @@ def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def ensemble_table(model, datasets: list[str], benchmark_dir: Path, cache: Path) -> tuple:
-    """Per set: PSNR-Y / SSIM-Y plain and x8, the gain, and the seconds per image of each."""
-    rows = []
-    lines = [
-        "| Set | plain | x8 self-ensemble | gain | s / image, plain → x8 |",
-        "|---|---|---|---|---|",
-    ]
-    for name in datasets:
-        data = BenchmarkSet(benchmark_dir, name, model.setting, model.scale, [0.0], cache)
-        plain = summarize(evaluate(model, data, "cpu", warmup=1))[0]
-        x8 = summarize(evaluate(SelfEnsemble(model), data, "cpu", warmup=1))[0]
-        rows.append({"dataset": name, "plain": plain, "x8": x8})
-        cost = x8["seconds"] / plain["seconds"]
-        lines.append(
-            f"| {name} | {plain['psnr_y']:.2f} / {plain['ssim_y']:.4f} | {x8['psnr_y']:.2f} / "
-            f"{x8['ssim_y']:.4f} | {x8['psnr_y'] - plain['psnr_y']:+.2f} dB | "
-            f"{plain['seconds']:.2f} → {x8['seconds']:.2f} ({cost:.1f}×) |"
-        )
-    return "\n".join(lines), rows
-
-
 def kernel_map(model, photo: Path, tile: int, overlap: int, out: Path) -> Path:
     """``kxnet.predict kernel=tiled`` on one photo; its kernel map copied into ``out``."""
     options = PredictOptions(tile_size=tile, overlap=overlap, kernel="tiled")
@@ -98,9 +73,6 @@ def main() -> None:
     parser.add_argument("--photo", default="dped_crop00061", help="the RealSRSet photo mapped")
     parser.add_argument("--tile", type=int, default=96)
     parser.add_argument("--overlap", type=int, default=16)
-    parser.add_argument("--datasets", nargs="+", default=["Set5", "Set14"])
-    parser.add_argument("--benchmark-dir", type=Path, default=project_root() / "data/benchmarks")
-    parser.add_argument("--cache", type=Path, default=project_root() / ".cache/benchmarks")
     parser.add_argument(
         "--out", type=Path, default=project_root() / "experiments/results/real_photos"
     )
@@ -118,14 +90,10 @@ def main() -> None:
     niqe, payloads = niqe_table(models, list_images(args.realsr))
     (args.out / "niqe.md").write_text(niqe + "\n")
     print(niqe, flush=True)
-    ensemble, rows = ensemble_table(first, args.datasets, args.benchmark_dir, args.cache)
-    (args.out / "self_ensemble.md").write_text(ensemble + "\n")
-    print(ensemble, flush=True)
     report = {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "niqe": payloads,
-        "self_ensemble": rows,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     command = " ".join(["python", "experiments/real_photos.py", *sys.argv[1:]])

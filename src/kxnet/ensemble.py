@@ -1,20 +1,25 @@
 """x8 self-ensemble: the network on the eight flips and rotations of the LR image, averaged.
 
-If ``Y = (X ⊗ K)↓s``, a flip or rotation g of Y is ``(gX ⊗ gK)↓s``: the network given gY
-estimates gX and gK. Each estimate is mapped back by g⁻¹, the image and the kernel alike, and
-the eight are averaged, stage by stage. A kernel given to X-net (``true_kernel``,
-``stage_kernels``) is mapped by g on the way in.
+The degradation ``Y = (X ⊗ K)↓s`` keeps the HR pixels 0, s, 2s, … of each axis. Reversing an
+axis of length N = s·n sends them to N−1, N−1−s, …, i.e. to s−1, 2s−1, …: a flip or rotation g
+of Y is the degradation of gX moved s−1 pixels back along every axis that g reverses, by the
+kernel gK. The network given gY therefore estimates that moved gX, and gK. Each image estimate is
+moved forward again by s−1 pixels along the reversed axes (the s−1 border rows or columns it
+leaves unknown are taken from the other symmetries), mapped back by g⁻¹, and the eight are
+averaged, stage by stage; each kernel estimate is mapped back by g⁻¹ alone. A kernel given to
+X-net (``true_kernel``, ``stage_kernels``) is mapped by g on the way in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from kxnet.nn.kxnet import KXNet, KXNetOutput
 
-__all__ = ["TRANSFORMS", "transform", "inverse", "self_ensemble", "SelfEnsemble"]
+__all__ = ["TRANSFORMS", "transform", "inverse", "reversed_axes", "self_ensemble", "SelfEnsemble"]
 
 # (quarter turns, then a left-right flip): the eight symmetries of the square
 TRANSFORMS = tuple((turns, flip) for flip in (False, True) for turns in range(4))
@@ -32,6 +37,27 @@ def inverse(x: Tensor, turns: int, flip: bool) -> Tensor:
     return x.rot90(-turns, (-2, -1))
 
 
+def reversed_axes(turns: int, flip: bool) -> tuple[bool, bool]:
+    """Whether g's rows and g's columns run against the original axis they come from."""
+    rows, cols = torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij")
+    r, c = transform(rows, turns, flip), transform(cols, turns, flip)
+    down = r[1, 0] - r[0, 0] + c[1, 0] - c[0, 0]
+    right = r[0, 1] - r[0, 0] + c[0, 1] - c[0, 0]
+    return bool(down < 0), bool(right < 0)
+
+
+def _onto_grid(x: Tensor, reversed_: tuple[bool, bool], shift: int) -> tuple[Tensor, Tensor]:
+    """An estimate in g's frame moved ``shift`` pixels forward along its reversed axes:
+    …×H×W → (…×H×W with zeros where unknown, H×W mask of the known pixels)."""
+    known = torch.ones(x.shape[-2:], dtype=x.dtype, device=x.device)
+    for axis, reverse in zip((-2, -1), reversed_, strict=True):
+        if reverse and shift:
+            x = x.roll(shift, axis)
+            known = known.roll(shift, axis)
+            known.narrow(axis, 0, shift).zero_()
+    return x * known, known
+
+
 def self_ensemble(
     net: nn.Module,
     lr: Tensor,
@@ -45,24 +71,31 @@ def self_ensemble(
     transformed by g); every stage's image and kernel is mapped back and averaged.
     """
     images: list[Tensor] = []
+    weights: list[Tensor] = []
     kernels: list[Tensor] = []
     for turns, flip in TRANSFORMS:
+        g_lr = transform(lr, turns, flip)
         out = net(
-            transform(lr, turns, flip),
+            g_lr,
             true_kernel=None if true_kernel is None else transform(true_kernel, turns, flip),
             stage_kernels=None
             if stage_kernels is None
             else [transform(k, turns, flip) for k in stage_kernels],
             keep_stages=keep_stages,
         )
-        for sums, estimates in ((images, out.images), (kernels, out.kernels)):
-            back = [inverse(x, turns, flip) / len(TRANSFORMS) for x in estimates]
-            if sums:
-                for total, x in zip(sums, back, strict=True):
-                    total += x
+        reverse = reversed_axes(turns, flip)
+        for t, (x, k) in enumerate(zip(out.images, out.kernels, strict=True)):
+            x, known = _onto_grid(x, reverse, x.shape[-1] // g_lr.shape[-1] - 1)
+            x, known, k = (inverse(v, turns, flip) for v in (x, known, k))
+            if t == len(images):
+                images.append(x)
+                weights.append(known)
+                kernels.append(k / len(TRANSFORMS))
             else:
-                sums.extend(back)
-    return KXNetOutput(images, kernels)
+                images[t] += x
+                weights[t] += known
+                kernels[t] += k / len(TRANSFORMS)
+    return KXNetOutput([x / w for x, w in zip(images, weights, strict=True)], kernels)
 
 
 class SelfEnsemble(nn.Module):
