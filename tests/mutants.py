@@ -41,6 +41,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "predict": (["predict/prediction.py"], ["test_prediction.py"]),
     "rollback": (["train/callbacks.py"], ["test_faults.py"]),
     "atomic": (["atomic.py"], ["test_atomic.py"]),
+    "ensemble": (["ensemble.py"], ["test_ensemble.py"]),
 }
 
 # Surviving mutants judged equivalent (no behaviour can tell them from the original): name -> why.

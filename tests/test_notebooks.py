@@ -6,9 +6,10 @@ import re
 import pytest
 import torch
 
-from kxnet import physics
-from kxnet.checkpoint import save_weights
+from kxnet import analysis, metrics, physics
+from kxnet.checkpoint import load_model, save_weights
 from kxnet.config import project_root
+from kxnet.data.images import read_image
 from kxnet.nn import KXNet
 
 NOTEBOOKS = project_root() / "notebooks"
@@ -88,8 +89,25 @@ def test_stage_visualisation_notebook(tiny_checkpoint, monkeypatch):
     ((header, *rows),) = _tables(outputs)
     assert header[:3] == ["Stage", "PSNR-Y (dB)", "SSIM-Y"]
     assert [r[0] for r in rows] == [str(t) for t in range(STAGES + 1)]
-    assert all(10 < float(r[1]) < 60 and 0 < float(r[2]) <= 1 for r in rows)
+    expected = _stage_figures(tiny_checkpoint, "monarch", 64, kernel_index=5)
+    for row, (psnr, ssim) in zip(rows, expected, strict=True):
+        assert abs(float(row[1]) - psnr) <= 0.006 and abs(float(row[2]) - ssim) <= 6e-5, row
     assert _pngs(outputs) == 2
+
+
+def _stage_figures(checkpoint, image: str, crop: int, kernel_index: int) -> list[tuple]:
+    """PSNR-Y and SSIM-Y of every stage, recomputed here: the centre crop of Set14's image,
+    blurred with the test kernel, subsampled and rounded to 8 bit, through the exported weights."""
+    model = load_model(checkpoint).eval()
+    hr = read_image(project_root() / "data" / "benchmarks" / "Set14" / f"{image}.png")
+    top, left = (hr.shape[1] - crop) // 2, (hr.shape[2] - crop) // 2
+    hr = hr[None, :, top : top + crop, left : left + crop]
+    _, kernel = analysis.test_kernel(model.setting, model.scale, kernel_index, model.kernel_size)
+    lr = physics.blur_downsample(hr.double(), kernel[None].double(), model.scale)
+    lr = ((lr.clamp(0, 1) * 255).round() / 255).float()
+    with torch.inference_mode():
+        images = model(lr).images
+    return [tuple(v.item() for v in metrics.psnr_ssim(x, hr, model.scale)) for x in images]
 
 
 @pytest.mark.slow
@@ -113,5 +131,16 @@ def test_kernel_robustness_notebook(tiny_checkpoint, monkeypatch):
             "mean",
             "spread (max − min)",
         ]
+    for table in (psnr, ssim):
+        values = [[float(v) for v in r[1:]] for r in table[1:]]
+        per_kernel = values[:3]
+        for column, method in enumerate(methods):
+            figures = [row[column] for row in per_kernel]
+            # every cell is rounded to its last digit: half a unit of it off, at most, each
+            half = 0.005 if table is psnr else 5e-5
+            assert abs(values[3][column] - sum(figures) / 3) <= 2.01 * half, method
+            assert abs(values[4][column] - (max(figures) - min(figures))) <= 3.01 * half, method
+    kxnet_, gt_kernel = [[float(r[i]) for r in psnr[1:4]] for i in (2, 3)]
+    assert kxnet_ != gt_kernel  # the true kernel given to X-net changes the images
     assert all(10 < float(v) < 60 for r in psnr[1:4] for v in r[1:])
     assert _pngs(outputs) == 2
