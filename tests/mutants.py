@@ -37,7 +37,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (["metrics.py"], ["test_metrics.py"]),
     "official": (["official.py"], ["test_official.py"]),
     "checkpoint": (["checkpoint.py"], ["test_checkpoint.py"]),
-    "synthesis": (["data/synthesis.py"], ["test_synthesis.py"]),
+    "synthesis": (
+        ["data/synthesis.py"],
+        ["test_synthesis.py", "test_realistic.py", "test_datamodule.py"],
+    ),
     "predict": (["predict/prediction.py"], ["test_prediction.py"]),
     "rollback": (["train/callbacks.py"], ["test_faults.py"]),
     "atomic": (["atomic.py"], ["test_atomic.py"]),
@@ -75,7 +78,106 @@ EQUIVALENT: dict[str, str] = {
     "kxnet.physics.x_transpose_upsample__mutmut_46": "out.shape[+2:] for out.shape[-2:]: 4-D",
     "kxnet.physics.x_transpose_ones__mutmut_3": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
     "kxnet.physics.x_transpose_ones__mutmut_4": "k.shape[-2] for k.shape[-1]: kernels are square",
+    "kxnet.physics.x__planes__mutmut_9": "t.shape[+2:] for t.shape[-2:]: t is B×C×H×W",
+    "kxnet.physics.x_blur_downsample__mutmut_16": "k.shape[-2] for k.shape[-1]: kernels are square",
+    "kxnet.physics.x_blur_downsample__mutmut_38": "y.shape[+2:] for y.shape[-2:]: y is 4-D",
+    "kxnet.physics.x__check_kernels__mutmut_22": (
+        "k.shape[+1] for k.shape[-1] in the odd-size message: checked square and 3-D just before"
+    ),
 }
+
+_SYN = "kxnet.data.synthesis."
+_KORNIA_GEN = (
+    "mean and std of kornia's own noise generator, which Seeded.forward_parameters replaces "
+    "(kornia's apply_transform adds params['gaussian_noise'] only)"
+)
+_FLAGS = "a key of kornia's flags dict, which SeededBlurDownsample.apply_transform does not read"
+EQUIVALENT |= {
+    **{
+        _SYN + m: _CPU.replace("the coverage matrix is", "the tensor is")
+        for m in (
+            "x_step_generator__mutmut_8",
+            "x_uniform__mutmut_6",
+            "x_uniform__mutmut_10",
+            "xǁSeededǁforward_parameters__mutmut_12",
+            "xǁSeededǁforward_parameters__mutmut_15",
+            "xǁSeededBlurDownsampleǁdraw__mutmut_4",
+            "xǁSeededGaussianNoiseǁdraw__mutmut_14",
+            "xǁSeededGaussianNoiseǁdraw__mutmut_18",
+            "xǁDegradationǁforward__mutmut_35",
+            "xǁDegradationǁforward__mutmut_38",
+        )
+    },
+    **{
+        _SYN + f"xǁSeededGaussianNoiseǁ__init____mutmut_{n}": _KORNIA_GEN
+        for n in (3, 4, 6, 7, 9, 10)
+    },
+    **{_SYN + f"xǁSeededBlurDownsampleǁ__init____mutmut_{n}": _FLAGS for n in range(43, 49)},
+    _SYN + "xǁSeededBlurDownsampleǁ__init____mutmut_2": (
+        "kornia's p=2.0 for p=1.0: Seeded.forward_parameters applies the blur whenever p >= 1"
+    ),
+    _SYN + "xǁSeededǁforward_parameters__mutmut_29": (
+        "u <= p for u < p: equal only with probability 0 for a continuous u"
+    ),
+    _SYN + "xǁSeededǁapplied__mutmut_3": "gate >= 0.5 for gate > 0.5: the gate is 0 or 1",
+    _SYN + "xǁSeededGaussianNoiseǁentries__mutmut_11": (
+        "0.0 / σ for 0.0 · σ where the noise was not applied: both 0 for σ > 0 (σ = 0 has "
+        "probability 0)"
+    ),
+    _SYN + "xǁSeededBlurDownsampleǁoutput_shape__mutmut_3": (
+        "batch_shape[:+2] for batch_shape[:-2]: batch shapes are B×C×H×W"
+    ),
+    _SYN + "xǁSeededǁforward_parameters__mutmut_44": (
+        "torch.tensor of Python ints without dtype=torch.long: int64 either way"
+    ),
+    _SYN + "xǁSeededǁforward_parameters__mutmut_46": (
+        "torch.tensor of Python ints without dtype=torch.long: int64 either way"
+    ),
+}
+
+
+_CKPT = "kxnet.checkpoint."
+EQUIVALENT |= {
+    _CKPT + "x_read_checkpoint__mutmut_19": (
+        "map_location=None for map_location: on a CPU the tensors are loaded onto the CPU "
+        "either way"
+    ),
+    _CKPT + "x_read_checkpoint__mutmut_22": (
+        "map_location left out: on a CPU the tensors are loaded onto the CPU either way"
+    ),
+    _CKPT + "x_plain_config__mutmut_3": "resolve=None for resolve=False: both falsy",
+    _CKPT + "x_plain_config__mutmut_5": "resolve left out: OmegaConf's default is False",
+}
+
+
+_KERNELS = "kxnet.kernels."
+EQUIVALENT |= {
+    **{
+        _KERNELS + m: _CPU.replace("the coverage matrix is", "the tensor is")
+        for m in (
+            "x_isotropic_gaussian__mutmut_17",
+            "x_anisotropic_gaussian__mutmut_24",
+            "x_anisotropic_gaussian__mutmut_27",
+            "x_anisotropic_gaussian__mutmut_41",
+            "x_anisotropic_gaussian__mutmut_44",
+            "x_anisotropic_gaussian__mutmut_51",
+            "x__uniform__mutmut_7",
+            "x__uniform__mutmut_11",
+            "x_random_isotropic__mutmut_4",
+            "x_random_anisotropic__mutmut_8",
+            "x_random_anisotropic__mutmut_17",
+            "x_random_anisotropic__mutmut_28",
+        )
+    },
+    **{
+        _KERNELS + f"x_test_bank__mutmut_{n}": (
+            "zip(..., strict=…) changed over the three columns of one list of triples: always "
+            "of equal length"
+        )
+        for n in (35, 37, 38)
+    },
+}
+
 
 CONFIG = """[tool.mutmut]
 source_paths = ["src/kxnet"]

@@ -1,4 +1,5 @@
 import fractions
+import re
 from pathlib import Path
 
 import lightning as L
@@ -145,28 +146,59 @@ def _write(path, content):
     return path
 
 
+_UNREADABLE = (
+    "not a readable PyTorch checkpoint: the file is truncated, corrupt or of another kind; save "
+    "or download it again"
+)
+
+
 @pytest.mark.parametrize(
     "content,reason",
     [
-        (b"", "empty file"),
-        (b"not a checkpoint at all\n", "not a readable PyTorch checkpoint"),
-        ("truncated", "not a readable PyTorch checkpoint"),
-        ({"format": "onnx", "config": {}}, "unknown format 'onnx'"),
-        ([1, 2, 3], "holds a list, not a checkpoint"),
-        ({"conv1.weight": torch.zeros(1)}, "not a KXNet checkpoint"),
-        ({"state_dict": {}, "hyper_parameters": {}}, "without hyper_parameters['net']"),
-        ({"format": "kxnet-weights", "config": {"scale": 2}}, "without 'config' and 'state_dict'"),
+        (b"", r"empty file \(0 bytes\): the checkpoint was not saved completely"),
+        (b"not a checkpoint at all\n", re.escape(_UNREADABLE)),
+        ("truncated", re.escape(_UNREADABLE)),
+        ({"format": "onnx", "config": {}}, r"unknown format 'onnx' \(expected 'kxnet-weights'\)"),
+        ([1, 2, 3], "holds a list, not a checkpoint dictionary"),
+        (
+            {"conv1.weight": torch.zeros(1)},
+            r"not a KXNet checkpoint \(unexpected key 'conv1\.weight' in the official "
+            r"checkpoint\); "
+            r"expected a Lightning \.ckpt of KXNetModule, a kxnet-weights file or the authors' "
+            r"released \.pth",
+        ),
+        (
+            {"state_dict": {}, "hyper_parameters": {}},
+            r"Lightning checkpoint without hyper_parameters\['net'\]: not saved by "
+            r"kxnet\.train\.module\.KXNetModule",
+        ),
+        (
+            {"state_dict": {"x.w": torch.zeros(1)}, "hyper_parameters": {"net": CONFIG}},
+            r"Lightning checkpoint without 'net\.' weights",
+        ),
+        (
+            {"format": "kxnet-weights", "config": {"scale": 2}},
+            r"kxnet-weights file without 'config' and 'state_dict'",
+        ),
         (
             {"format": "kxnet-weights", "config": CONFIG, "state_dict": {}},
-            "weights do not fit the config",
+            r"weights do not fit the config \{.*\} \(Error\(s\) in loading .*Missing key.*",
+        ),
+        (
+            {"format": "kxnet-weights", "config": CONFIG, "state_dict": {"a": 1}},
+            r"weight a is a int, not a tensor: the file is damaged or not a KXNet checkpoint; "
+            r"re-save it with kxnet\.checkpoint\.save_weights",
         ),
         (
             {"format": "kxnet-weights", "x": fractions.Fraction(1, 3)},
-            "holds code (fractions.Fraction",
+            r"holds code \(fractions\.Fraction, which loading the file would call\) besides "
+            r"weights, and was refused: a checkpoint is only read in a way that cannot run code; "
+            r"from a trusted copy, re-save the network with kxnet\.checkpoint\.save_weights",
         ),
     ],
 )
 def test_unusable_files_are_refused_in_one_line(model, tmp_path, content, reason):
+    """Each refusal in full: the file, then what is wrong and what to do."""
     path = tmp_path / "bad.ckpt"
     if content == "truncated":
         good = save_weights(model, tmp_path / "good.pt").read_bytes()
@@ -174,13 +206,15 @@ def test_unusable_files_are_refused_in_one_line(model, tmp_path, content, reason
     _write(path, content)
     with pytest.raises(CheckpointError) as err:
         load_model(path)
-    assert str(err.value).startswith(f"{path}: ")
-    assert reason in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value) == f"{path}: {err.value.reason}" and err.value.path == path
+    assert re.fullmatch(reason, err.value.reason), err.value.reason
+    assert "\n" not in str(err.value)
 
 
 def test_missing_file_and_unknown_option(tmp_path):
-    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+    with pytest.raises(CheckpointError) as err:
         load_model(tmp_path / "nope.ckpt")
+    assert err.value.reason == "no such checkpoint file (check ckpt_path)"
     with pytest.raises(TypeError, match="patch_size"):
         load_model(FIXTURE, patch_size=64)
 
@@ -266,3 +300,110 @@ def test_a_stored_config_is_never_resolved(model, tmp_path, monkeypatch, stored)
     torch.save(raw, weights)
     with pytest.raises(CheckpointError, match="interpolation .* at config.setting"):
         load_model(weights)
+
+
+def _damaged(model, change):
+    """The model's weights file as a dict, with ``change(config, state)`` applied."""
+    config = dict(CONFIG)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    change(config, state)
+    return {"format": WEIGHTS_FORMAT, "config": config, "state_dict": state}
+
+
+def _set(key, value):
+    return lambda config, state: config.__setitem__(key, value)
+
+
+def _drop(key):
+    return lambda config, state: config.pop(key)
+
+
+def _extra_stage(config, state):
+    config["stages"] = 2
+
+
+def _narrow_convolution(config, state):
+    key = next(k for k, v in state.items() if k.startswith("stages.") and v.dim() == 4)
+    state[key] = state[key][1:].contiguous()
+
+
+def _nan(config, state):
+    state["aux_k"][0, 0, 0] = float("nan")
+
+
+def _unexpected(config, state):
+    state["extra.weight"] = torch.zeros(1)
+
+
+def _flat_aux_k(config, state):
+    state["aux_k"] = state["aux_k"].flatten(1)
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        (_set("scale", 5), r"its stored config\.scale=5 is not 2, 3 or 4: "),
+        (_set("scale", 3.0), r"its stored config\.scale=3\.0 is not 2, 3 or 4: "),
+        (_set("scale", True), r"its stored config\.scale=True is not 2, 3 or 4: "),
+        (_set("stages", -1), r"its stored config\.stages=-1 is not an integer 0 to 1000: "),
+        (_set("stages", 1001), r"its stored config\.stages=1001 is not an integer 0 to 1000: "),
+        (_set("stages", 1.5), r"its stored config\.stages=1\.5 is not an integer 0 to 1000: "),
+        (_set("kernel_size", 12), r"config\.kernel_size=12 is not an odd integer 1 to 101: "),
+        (_set("kernel_size", 103), r"config\.kernel_size=103 is not an odd integer 1 to 101: "),
+        (_set("kernel_size", -1), r"config\.kernel_size=-1 is not an odd integer 1 to 101: "),
+        (_set("kernel_size", 11.0), r"config\.kernel_size=11\.0 is not an odd integer 1 to 101"),
+        (_set("setting", "gauss"), r"its stored config\.setting='gauss' is not iso or aniso: "),
+        (_set("setting", 1), r"its stored config\.setting=1 is not iso or aniso: "),
+        (_drop("stages"), r"model config lacks stages$"),
+        (_drop("setting"), r"model config lacks setting$"),
+        (_extra_stage, r"its stored config says stages=2 but its weights hold stages=1: "),
+        (_set("kernel_size", 9), r"config says kernel_size=9 but its weights hold kernel_size=11"),
+        (
+            _narrow_convolution,
+            r"^weights do not fit the config \{.*\} \(Error\(s\) in loading .*size mismatch",
+        ),
+        (_nan, r"weight aux_k holds 1 non-finite value\(s\) \(NaN or inf\)"),
+        (_unexpected, r"weights do not fit the config .*Unexpected key\(s\).*extra\.weight"),
+        (_flat_aux_k, r"weights do not fit the config"),
+    ],
+)
+def test_a_damaged_weights_file_is_refused_naming_the_file_and_the_fault(
+    model, tmp_path, change, reason
+):
+    path = tmp_path / "damaged.pt"
+    torch.save(_damaged(model, change), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert err.value.path == path
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    assert re.search(reason, err.value.reason), err.value.reason
+
+
+@pytest.mark.parametrize("stages,kernel_size", [(0, 11), (2, 1), (1, 101)])
+def test_the_edges_of_the_stored_ranges_load(tmp_path, stages, kernel_size):
+    net = kxnet.KXNet(2, stages, kernel_size=kernel_size, setting="aniso")
+    loaded = load_model(save_weights(net, tmp_path / "edge.pt"))
+    assert (loaded.num_stages, loaded.kernel_size) == (stages, kernel_size)
+
+
+def test_the_setting_asked_names_an_authors_model_and_a_damaged_one_is_refused(tmp_path):
+    state = torch.load(FIXTURE, weights_only=True)["state_dict"]
+    path = tmp_path / "KXNet_x2.pth"
+    torch.save(state, path)
+    for setting in ("iso", "aniso"):
+        assert load_model(path, setting=setting).setting == setting
+    key = next(k for k, v in state.items() if v.dim() == 4)
+    torch.save({**state, key: state[key][1:].clone()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert err.value.path == path
+    assert err.value.reason.startswith("authors' checkpoint cannot be loaded (")
+    other = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(CheckpointError) as err:
+        load_model(other)
+    assert err.value.path == other
+    assert err.value.reason.endswith(
+        "expected a Lightning .ckpt of KXNetModule, a kxnet-weights file or the authors' "
+        "released .pth"
+    )

@@ -118,3 +118,71 @@ def test_per_scale_values_and_errors():
         description.kernel_size("iso", 5)
     with pytest.raises(ValueError, match="odd"):
         kernels.isotropic_gaussian(torch.tensor([1.0]), 10)
+
+
+def test_float64_widths_give_float64_kernels_and_integers_float32():
+    k = kernels.isotropic_gaussian(torch.tensor([1.0], dtype=torch.float64), 7)
+    assert k.dtype == torch.float64
+    assert kernels.isotropic_gaussian(torch.tensor([2]), 7).dtype == torch.float32
+    a = kernels.anisotropic_gaussian(torch.tensor([1.0], dtype=torch.float64), [2.0], [0.3], 7)
+    assert a.dtype == torch.float64
+    assert kernels.anisotropic_gaussian(torch.tensor([2]), [3], [0], 7).dtype == torch.float32
+    # Python numbers for σy and θ take σx's dtype: 0.3 is not rounded to float32
+    exact = kernels.anisotropic_gaussian(
+        torch.tensor([1.0], dtype=torch.float64),
+        torch.tensor([2.0], dtype=torch.float64),
+        torch.tensor([0.3], dtype=torch.float64),
+        7,
+    )
+    assert torch.equal(a, exact)
+    _, params = kernels.random_anisotropic(3, 7, (1, 2), dtype=torch.float64)
+    assert params.dtype == torch.float64
+
+
+def test_random_kernels_are_the_gaussians_of_their_drawn_parameters():
+    generator = torch.Generator().manual_seed(0)
+    k, params = kernels.random_anisotropic(2000, 11, (0.6, 5.0), generator)
+    sx, sy, theta = params.unbind(1)
+    torch.testing.assert_close(k[:4], kernels.anisotropic_gaussian(sx[:4], sy[:4], theta[:4], 11))
+    for values, (low, high) in ((sx, (0.6, 5.0)), (sy, (0.6, 5.0)), (theta, (-math.pi, math.pi))):
+        assert low <= values.min() < low + 0.05 * (high - low)
+        assert high - 0.05 * (high - low) < values.max() <= high
+    first, again = (
+        kernels.random_isotropic(5, 11, (0.2, 2.0), torch.Generator().manual_seed(1))[1]
+        for _ in range(2)
+    )
+    assert torch.equal(first, again)
+    k, sigma = kernels.random_isotropic(500, 11, (1.5, 1.5), generator)
+    assert torch.equal(sigma, torch.full((500,), 1.5))
+    with pytest.raises(ValueError, match=r"^empty range \[2, 1\]$"):
+        kernels.random_isotropic(2, 11, (2, 1))
+
+
+def test_gaussian8_labels_are_the_widths_to_six_digits():
+    _, params = kernels.test_bank("iso", 2)
+    assert [p["sigma"] for p in params] == [
+        0.8,
+        0.914286,
+        1.028571,
+        1.142857,
+        1.257143,
+        1.371429,
+        1.485714,
+        1.6,
+    ]
+    bank, _ = kernels.test_bank("aniso", 2, dtype=torch.float32)
+    assert bank.dtype == torch.float32
+    assert kernels.test_bank("iso", 3, dtype=torch.float32)[0].dtype == torch.float32
+
+
+def test_auxiliary_banks_are_the_authors_initial_kernels():
+    iso = kernels.auxiliary_bank("iso", 21, dtype=torch.float64)
+    widths = torch.linspace(0.2, 4.0, 24, dtype=torch.float64)
+    torch.testing.assert_close(iso, kernels.isotropic_gaussian(widths, 21))
+    aniso = kernels.auxiliary_bank("aniso", 15, dtype=torch.float64)
+    combos = [(a, b, t) for a in (1.0, 2.5, 4.0) for b in (3.5, 5.0) for t in (0, 45, 90, 135)]
+    sx, sy, deg = (torch.tensor(c, dtype=torch.float64) for c in zip(*combos, strict=True))
+    torch.testing.assert_close(aniso, kernels.anisotropic_gaussian(sx, sy, torch.deg2rad(deg), 15))
+    assert kernels.auxiliary_bank("iso", 11).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"^setting must be one of \('iso', 'aniso'\), got 'x'$"):
+        kernels.auxiliary_bank("x", 11)

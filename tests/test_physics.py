@@ -225,3 +225,51 @@ def test_check_shapes_names_what_does_not_fit(shape, message):
     k = torch.full((1, 5, 5), 1 / 25)
     with pytest.raises(ValueError, match=message):
         physics.check_shapes(torch.zeros(shape), k, 2)
+
+
+@pytest.mark.parametrize(
+    "k,scale,message",
+    [
+        (torch.full((5, 5), 1 / 25), 2, r"^kernels must be B×p×p, got shape \(5, 5\)$"),
+        (torch.full((1, 5, 7), 1 / 35), 2, r"^kernels must be B×p×p, got shape \(1, 5, 7\)$"),
+        (torch.full((2, 5, 5), 1 / 25), 2, r"^2 kernels for a batch of 1 images$"),
+        (torch.full((1, 4, 4), 1 / 16), 2, r"^kernel size must be odd, got p=4$"),
+        (torch.full((1, 5, 5), 1 / 25), 0, r"^scale must be a positive integer, got 0$"),
+        (torch.full((1, 5, 5), 1 / 25), 2.0, r"^scale must be a positive integer, got 2\.0$"),
+    ],
+)
+def test_kernel_checks_name_what_does_not_fit(k, scale, message):
+    with pytest.raises(ValueError, match=message):
+        physics.blur_downsample(torch.zeros(1, 3, 8, 8), k, scale)
+    with pytest.raises(ValueError, match=message):
+        physics.transpose_upsample(torch.zeros(1, 3, 4, 4), k, scale)
+
+
+def test_float32_kernels_act_on_float64_images_in_float64():
+    """The kernels take the image's (or residual's) dtype: a float32 kernel on float64 data gives
+    the float64 result of the same kernel."""
+    s, p = 2, 5
+    x, k = _batch(1, 3, 6, s, p)
+    y = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    k32 = k.float()
+    for out, ref in [
+        (physics.blur_downsample(x, k32, s), physics.blur_downsample(x, k32.double(), s)),
+        (physics.transpose_upsample(y, k32, s), physics.transpose_upsample(y, k32.double(), s)),
+    ]:
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("scale,size", [(2, (12, 20)), (3, (15, 9)), (4, (16, 16))])
+def test_kernel_gradient_by_correlation_equals_the_weight_gradient(scale, size):
+    g = torch.Generator().manual_seed(scale)
+    p = 7
+    x = torch.rand(2, 3, *size, generator=g, dtype=torch.float64)
+    r = torch.rand(2, 3, size[0] // scale, size[1] // scale, generator=g, dtype=torch.float64)
+    by_correlation = physics.kernel_gradient_by_correlation(x, r, p, scale)
+    assert by_correlation.shape == (2, p, p)
+    torch.testing.assert_close(by_correlation, physics.kernel_gradient(x, r, p, scale))
+    low = physics.kernel_gradient_by_correlation(x, r.to(torch.bfloat16), p, scale)
+    assert low.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"^residual shape \(2, 3, 1, 1\) does not match image"):
+        physics.kernel_gradient_by_correlation(x, r[..., :1, :1], p, scale)

@@ -5,7 +5,16 @@ import torch
 from kornia.augmentation import AugmentationBase2D, ImageSequential, RandomGaussianNoise
 
 from kxnet import description, kernels, physics
-from kxnet.data.synthesis import drawn_parameters, paper_degradation, step_generator
+from kxnet.data.synthesis import (
+    Degradation,
+    Quantize,
+    SeededBlurDownsample,
+    SeededGaussianNoise,
+    drawn_parameters,
+    paper_degradation,
+    step_generator,
+    uniform,
+)
 
 
 def _hr(batch, size, seed=0):
@@ -219,3 +228,95 @@ def test_drawn_parameters_name_every_draw_one_value_per_sample():
     assert set(drawn) == {"kernel_sigma_x", "kernel_sigma_y", "kernel_theta", "noise"}
     assert torch.equal(drawn["kernel_theta"], out["kernel_params"][:, 2])
     assert all(v.shape == (3,) for v in drawn.values())
+
+
+def test_step_seeds_are_fixed_across_versions():
+    """A run resumed by another version of kxnet draws the same batches: the seed of a step is
+    the 63-bit little-endian BLAKE2b-8 of "seed/rank/step" (values of this version)."""
+    assert step_generator(0, 0, 0, "cpu").initial_seed() == 4808561972376111626
+    assert step_generator(7, 1, 123, "cpu").initial_seed() == 1792406130180928637
+
+
+def test_uniform_fills_its_range():
+    u = uniform([4000], (2.0, 3.0), step_generator(0, 0, 0, "cpu"), torch.float64)
+    assert u.dtype == torch.float64
+    assert 2.0 <= u.min() < 2.01 and 2.99 < u.max() <= 3.0
+
+
+def test_quantize_clamps_both_ends_then_rounds_to_8_bit():
+    y = torch.tensor([-0.3, 0.0, 0.2 / 255, 0.7 / 255, 0.5, 1.0, 1.4]).view(1, 1, 1, 7)
+    expected = torch.tensor([0.0, 0.0, 0.0, 1 / 255, 128 / 255, 1.0, 1.0]).view(1, 1, 1, 7)
+    torch.testing.assert_close(Quantize()(y), expected, rtol=0, atol=1e-7)
+    clamped = torch.tensor([0.0, 0.0, 0.2 / 255, 0.7 / 255, 0.5, 1.0, 1.0]).view(1, 1, 1, 7)
+    assert torch.equal(Quantize(quantize=False)(y), clamped)
+    assert "quantize=False" in repr(Quantize(0))
+
+
+def test_a_float64_batch_stays_float64_and_integers_become_float32():
+    degradation = paper_degradation("aniso", 2)
+    out = degradation(_hr(2, 32).double(), step_generator(0, 0, 0, "cpu"))
+    assert all(v.dtype == torch.float64 for v in out.values()), {k: v.dtype for k, v in out.items()}
+    clean = paper_degradation("iso", 2)(_hr(2, 32).double(), step_generator(0, 0, 0, "cpu"))
+    assert all(v.dtype == torch.float64 for v in clean.values())
+    levels = (_hr(2, 32) * 255).round().to(torch.uint8)
+    out = degradation(levels, step_generator(0, 0, 0, "cpu"))
+    assert all(v.dtype == torch.float32 for v in out.values())
+
+
+def test_a_non_square_batch_gets_noise_of_the_lr_shape():
+    out = paper_degradation("aniso", 2)(torch.rand(2, 3, 24, 40), step_generator(0, 0, 0, "cpu"))
+    assert out["lr"].shape == (2, 3, 12, 20)
+
+
+def test_noise_applied_to_some_samples_only_is_zero_and_absent_elsewhere():
+    blur = SeededBlurDownsample("iso", 2, kernel_size=5)
+    degradation = Degradation(blur, SeededGaussianNoise((5.0, 5.0), p=0.5), Quantize(False))
+    hr = torch.full((400, 3, 8, 8), 0.5)
+    out = degradation(hr, step_generator(0, 0, 0, "cpu"))
+    applied = out["noise"] > 0
+    assert 0.4 < applied.float().mean() < 0.6
+    assert torch.equal(out["noise"][applied], torch.full((int(applied.sum()),), 5.0))
+    assert (out["noise"][~applied] == 0).all()
+    flat = (out["lr"] - 0.5).abs().flatten(1).amax(1)
+    assert (flat[~applied] < 1e-6).all() and (flat[applied] > 1e-3).all()
+
+
+def test_a_degradation_starts_with_its_blur_and_takes_rgb_batches():
+    with pytest.raises(ValueError, match="^a Degradation starts with the SeededBlurDownsample"):
+        Degradation(Quantize())
+    with pytest.raises(ValueError, match="^a Degradation starts with the SeededBlurDownsample"):
+        Degradation()
+    degradation = paper_degradation("iso", 2)
+    draw = step_generator(0, 0, 0, "cpu")
+    for shape in [(3, 16, 16), (1, 4, 16, 16)]:
+        with pytest.raises(ValueError, match=r"B×3×H×W, got \("):
+            degradation(torch.rand(shape), draw)
+    with pytest.raises(ValueError, match="^a Degradation draws from an explicit torch.Generator$"):
+        degradation.forward_parameters(torch.Size((1, 3, 16, 16)))
+
+
+def test_ranges_are_checked_with_their_names():
+    with pytest.raises(ValueError, match=r"^gaussian_noise sigma must be a range \[a, b\] with 0"):
+        SeededGaussianNoise((5.0, 1.0))
+    assert SeededGaussianNoise((5.0, 5.0)).sigma == (5.0, 5.0)
+    with pytest.raises(ValueError, match=r"^sigma_range must satisfy 0 < low <= high, got \[0"):
+        SeededBlurDownsample("iso", 2, sigma_range=(0.0, 1.0))
+    assert SeededBlurDownsample("iso", 2, sigma_range=(1.5, 1.5)).sigma_range == (1.5, 1.5)
+    with pytest.raises(ValueError, match="kernel_size must be a positive odd integer, got -1"):
+        SeededBlurDownsample("iso", 2, kernel_size=-1)
+
+
+def test_a_one_tap_kernel_is_plain_subsampling():
+    blur = SeededBlurDownsample("iso", 2, kernel_size=1)
+    hr = _hr(2, 16)
+    out = Degradation(blur, Quantize(False))(hr, step_generator(0, 0, 0, "cpu"))
+    torch.testing.assert_close(out["lr"], hr[..., ::2, ::2])
+
+
+def test_the_generator_is_named_when_a_module_draws_without_one():
+    with pytest.raises(
+        ValueError, match="^SeededGaussianNoise draws its parameters from an explicit"
+    ):
+        SeededGaussianNoise((0.0, 5.0)).forward_parameters(torch.Size((1, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"call forward_parameters\(batch_shape, generator\)"):
+        SeededGaussianNoise((0.0, 5.0)).forward_parameters(torch.Size((1, 3, 4, 4)))
