@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kxnet import physics
@@ -14,24 +15,29 @@ from kxnet.ensemble import (
 from kxnet.nn.kxnet import KXNet, KXNetOutput
 
 
-class ZeroInsertion(nn.Module):
+class GridInterpolation(nn.Module):
     """A stand-in equivariant in the degradation's sense: each LR pixel put back at the HR pixel
-    the degradation kept (0, s, 2s, …), zeros between, so that ``(x)↓s`` gives the LR again; as
-    its "kernel", the LR's channel mean normalised to sum 1 (a square LR of p×p), which turns with
-    the image; a kernel given is returned."""
+    the degradation kept (0, s, 2s, …) and the pixels between interpolated linearly, the s−1
+    after the last ones repeating it, so that ``(x)↓s`` gives the LR again; as its "kernel", the
+    LR's channel mean normalised to sum 1 (a square LR of p×p), which turns with the image; a
+    kernel given (``true_kernel`` or the last of ``stage_kernels``) is returned."""
 
     def __init__(self, scale: int) -> None:
         super().__init__()
         self.scale = scale
 
     def forward(self, lr, true_kernel=None, stage_kernels=None, keep_stages=True):
-        s = self.scale
-        sr = lr.new_zeros(*lr.shape[:2], lr.shape[-2] * s, lr.shape[-1] * s)
-        sr[..., ::s, ::s] = lr
+        s, (h, w) = self.scale, lr.shape[-2:]
+        sr = F.interpolate(
+            lr, size=((h - 1) * s + 1, (w - 1) * s + 1), mode="bilinear", align_corners=True
+        )
+        sr = F.pad(sr, (0, s - 1, 0, s - 1), mode="replicate")
         k = lr.mean(1)
         k = k / k.sum((-2, -1), keepdim=True)
         if stage_kernels is not None:
             k = stage_kernels[-1]
+        if true_kernel is not None:
+            k = true_kernel
         return KXNetOutput([sr], [k])
 
 
@@ -84,7 +90,7 @@ def test_reversed_axes_of_the_eight_symmetries():
 @pytest.mark.parametrize("scale", [2, 3])
 def test_ensemble_of_an_equivariant_stand_in_is_its_plain_output(scale):
     lr = torch.rand(2, 3, 7, 7)
-    net = ZeroInsertion(scale)
+    net = GridInterpolation(scale)
     plain, ensemble = net(lr), self_ensemble(net, lr)
     assert torch.allclose(ensemble.sr, plain.sr, atol=1e-6)
     # the kernel is not symmetric: equal only if each is mapped back with its image
@@ -94,7 +100,7 @@ def test_ensemble_of_an_equivariant_stand_in_is_its_plain_output(scale):
 
 def test_ensemble_of_the_stand_in_on_a_non_square_image():
     lr = torch.rand(1, 3, 6, 9)
-    net = ZeroInsertion(4)
+    net = GridInterpolation(4)
     assert torch.allclose(self_ensemble(net, lr).sr, net(lr).sr, atol=1e-6)
 
 
@@ -102,7 +108,7 @@ def test_an_estimate_kept_centred_instead_of_moved_is_not_the_plain_output():
     """Mapping each estimate back by g⁻¹ alone puts the stand-in's pixels at s−1, 2s−1, … for
     the reversed axes: the mean is then not the plain output, which is what the move is for."""
     lr = torch.rand(1, 3, 7, 7)
-    net = ZeroInsertion(2)
+    net = GridInterpolation(2)
     centred = sum(inverse(net(transform(lr, *g)).sr, *g) for g in TRANSFORMS) / 8
     assert (centred - net(lr).sr).abs().max() > 0.1
 
@@ -110,8 +116,17 @@ def test_an_estimate_kept_centred_instead_of_moved_is_not_the_plain_output():
 def test_given_kernels_are_transformed_on_the_way_in():
     lr = torch.rand(1, 3, 7, 7)
     k = torch.rand(1, 7, 7)
-    out = self_ensemble(ZeroInsertion(2), lr, stage_kernels=[k])
-    assert torch.allclose(out.kernel, k, atol=1e-6)
+    for given in ({"stage_kernels": [k]}, {"true_kernel": k}):
+        out = self_ensemble(GridInterpolation(2), lr, **given)
+        assert torch.allclose(out.kernel, k, atol=1e-6), given
+
+
+def test_the_stages_kept_are_the_networks():
+    lr = torch.rand(1, 3, 8, 8)
+    net = KXNet(2, 2, kernel_size=5).eval()
+    with torch.inference_mode():
+        assert len(self_ensemble(net, lr).images) == 3
+        assert len(self_ensemble(net, lr, keep_stages=False).images) == 1
 
 
 def test_a_kxnet_with_weights_is_not_equivariant():

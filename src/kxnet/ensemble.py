@@ -53,7 +53,6 @@ def _onto_grid(x: Tensor, reversed_: tuple[bool, bool], shift: int) -> tuple[Ten
     for axis, reverse in zip((-2, -1), reversed_, strict=True):
         if reverse and shift:
             x = x.roll(shift, axis)
-            known = known.roll(shift, axis)
             known.narrow(axis, 0, shift).zero_()
     return x * known, known
 
