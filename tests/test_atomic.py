@@ -3,6 +3,7 @@ and the leftovers of killed writers removed (only theirs)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -85,8 +86,11 @@ def test_files_that_may_not_replace_anything_all_appear_or_none(tmp_path):
     files.write("a.txt", "new a")
     files.write("b.txt", "new b")
     files.path("c_stages").mkdir()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as err:
         files.commit()
+    # the error names the file taken, as the one-line messages of predict show it
+    assert (err.value.errno, err.value.strerror) == (errno.EEXIST, "already exists, not replaced")
+    assert err.value.filename == str(tmp_path / "b.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"]
     assert (tmp_path / "b.txt").read_text() == "the user's"
     (tmp_path / "d_stages").mkdir()
