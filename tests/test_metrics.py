@@ -184,3 +184,26 @@ def test_metrics_reduce_across_two_ddp_processes(tmp_path):
     assert reduced[0].item() == pytest.approx(psnr_all.mean().item(), abs=1e-10)
     assert reduced[1].item() == pytest.approx(ssim_all.mean().item(), abs=1e-10)
     assert reduced[0].item() != pytest.approx(metrics.psnr(sr0, hr0, 2).item(), abs=1e-3)
+
+
+def test_quantize_leaves_its_input_alone():
+    x = torch.tensor([[-0.5, 0.25, 1.5]], dtype=torch.float64).view(1, 1, 1, 3)
+    before = x.clone()
+    assert metrics.quantize(x).flatten().tolist() == [0.0, 64.0, 255.0]
+    assert torch.equal(x, before)
+
+
+def test_metrics_refuse_what_they_cannot_measure_in_one_line():
+    grey = torch.full((1, 1, 16, 16), 0.5)
+    with pytest.raises(ValueError, match=r"^metrics need two B×3×H×W images of one shape"):
+        metrics.psnr(grey, grey, 0)
+    with pytest.raises(ValueError, match=r"^metrics need two B×3×H×W images of one shape"):
+        metrics.psnr(torch.rand(3, 16, 16), torch.rand(3, 16, 16), 0)
+    wide = torch.rand(1, 3, 14, 30)
+    message = r"^image of 14×30 is too small to measure with crop 2 \(needs at least 11 pixels"
+    with pytest.raises(ValueError, match=message):
+        metrics.ssim(wide, wide, 2)
+    # exactly the window left (11 rows) is measured; PSNR needs one pixel
+    tall = torch.rand(1, 3, 15, 15)
+    assert metrics.ssim(tall, tall, 2).item() == pytest.approx(1.0)
+    assert metrics.psnr(tall[..., :3, :3], tall[..., :3, :3] * 0.5, 1).isfinite().all()
