@@ -179,6 +179,30 @@ EQUIVALENT |= {
 }
 
 
+_ENSEMBLE = "kxnet.ensemble."
+_MASK = (
+    "the mask of known pixels holds only 0 and 1, exact in any float dtype, and broadcasts the "
+    "same over B×C×H×W estimates"
+)
+_STRICT = "zip(..., strict=…) over sequences always of one length (two axes, or a stage each)"
+EQUIVALENT |= {
+    **{
+        _ENSEMBLE + f"x_reversed_axes__mutmut_{n}": (
+            "the 2×2 index grid: indexing='ij' is meshgrid's default, a third row or column is "
+            "never read, and the steps compared with 0 are ±1"
+        )
+        for n in (4, 7, 9, 11, 52, 53, 55, 56)
+    },
+    **{_ENSEMBLE + f"x__onto_grid__mutmut_{n}": _MASK for n in (3, 6, 8, 9)},
+    **{
+        _ENSEMBLE + f"x__onto_grid__mutmut_{n}": _CPU.replace("the coverage matrix is", "it is")
+        for n in (4, 7)
+    },
+    **{_ENSEMBLE + f"x__onto_grid__mutmut_{n}": _STRICT for n in (12, 15, 20)},
+    **{_ENSEMBLE + f"x_self_ensemble__mutmut_{n}": _STRICT for n in (47, 50, 51)},
+}
+
+
 CONFIG = """[tool.mutmut]
 source_paths = ["src/kxnet"]
 only_mutate = {only}
