@@ -70,8 +70,8 @@ def self_ensemble(
     transformed by g); every stage's image and kernel is mapped back and averaged.
     """
     images: list[Tensor] = []
-    weights: list[Tensor] = []
     kernels: list[Tensor] = []
+    weight = lr.new_zeros(())
     for turns, flip in TRANSFORMS:
         g_lr = transform(lr, turns, flip)
         out = net(
@@ -83,18 +83,18 @@ def self_ensemble(
             keep_stages=keep_stages,
         )
         reverse = reversed_axes(turns, flip)
+        shift = out.sr.shape[-1] // g_lr.shape[-1] - 1
         for t, (x, k) in enumerate(zip(out.images, out.kernels, strict=True)):
-            x, known = _onto_grid(x, reverse, x.shape[-1] // g_lr.shape[-1] - 1)
-            x, known, k = (inverse(v, turns, flip) for v in (x, known, k))
+            x, known = _onto_grid(x, reverse, shift)
+            x, k = inverse(x, turns, flip), inverse(k, turns, flip) / len(TRANSFORMS)
             if t == len(images):
                 images.append(x)
-                weights.append(known)
-                kernels.append(k / len(TRANSFORMS))
+                kernels.append(k)
             else:
                 images[t] += x
-                weights[t] += known
-                kernels[t] += k / len(TRANSFORMS)
-    return KXNetOutput([x / w for x, w in zip(images, weights, strict=True)], kernels)
+                kernels[t] += k
+        weight = weight + inverse(known, turns, flip)  # the same for every stage
+    return KXNetOutput([x / weight for x in images], kernels)
 
 
 class SelfEnsemble(nn.Module):
