@@ -42,7 +42,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["test_synthesis.py", "test_realistic.py", "test_datamodule.py"],
     ),
     "predict": (["predict/prediction.py"], ["test_prediction.py"]),
-    "rollback": (["train/callbacks.py"], ["test_faults.py"]),
+    "rollback": (["train/callbacks.py"], ["test_faults.py", "test_callbacks.py"]),
     "atomic": (["atomic.py"], ["test_atomic.py"]),
     "ensemble": (["ensemble.py"], ["test_ensemble.py"]),
 }

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from kxnet import atomic
 from kxnet.atomic import AtomicFiles, remove_leftovers, temporary_name
@@ -199,3 +200,164 @@ def test_a_journal_naming_files_outside_its_folder_is_left_alone(tmp_path):
     remove_leftovers(folder)
     assert victim.read_text() == "keep"
     assert journal.exists() and not tmp.exists()
+
+
+def test_atomic_save_and_write_give_back_what_was_written(tmp_path):
+    weights = {"w": torch.arange(3.0), "step": 7}
+    path = atomic.atomic_save(weights, str(tmp_path / "deep" / "w.pt"))
+    assert path == tmp_path / "deep" / "w.pt" and isinstance(path, Path)
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["w"], weights["w"]) and loaded["step"] == 7
+    atomic.atomic_save({"w": torch.zeros(1)}, path)  # an existing file is replaced
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(1))
+    assert atomic.atomic_write(tmp_path / "b.bin", b"\xff\x00\x01") == tmp_path / "b.bin"
+    assert (tmp_path / "b.bin").read_bytes() == b"\xff\x00\x01"
+    atomic.atomic_write(tmp_path / "b.bin", b"second")
+    assert (tmp_path / "b.bin").read_bytes() == b"second"
+    with AtomicFiles(tmp_path / "x" / "y") as files:  # the folder is made, parents too
+        files.write("c.bin", b"\x00\xfe")
+    assert (tmp_path / "x" / "y" / "c.bin").read_bytes() == b"\x00\xfe"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "deep", "x"]
+
+
+@pytest.fixture
+def c_locale():
+    """Text I/O under the C locale's ASCII default, as on a machine without a UTF-8 locale
+    (where Python's UTF-8 mode is on, the default stays UTF-8)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    yield
+    locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def test_text_is_written_as_utf8_whatever_the_locale(tmp_path, c_locale):
+    text = "σ = 1.5 µm, θ = 45°"
+    atomic.atomic_write(tmp_path / "a.txt", text)
+    with AtomicFiles(tmp_path) as files:
+        files.write("b.txt", text)
+    assert (tmp_path / "a.txt").read_bytes() == text.encode("utf-8")
+    assert (tmp_path / "b.txt").read_bytes() == text.encode("utf-8")
+
+
+def test_a_name_taken_after_the_check_is_not_replaced(tmp_path, monkeypatch):
+    """Between the check that a name is free and the rename, another process may take it: the
+    hard link fails where a rename would replace."""
+    files = AtomicFiles(tmp_path, replace=False)
+    files.write("a.txt", "mine")
+    (tmp_path / "a.txt").write_text("theirs")
+    monkeypatch.setattr(atomic.os.path, "lexists", lambda path: False)
+    with pytest.raises(FileExistsError) as err:
+        files.commit()
+    assert err.value.filename == str(tmp_path / "a.txt")
+    monkeypatch.undo()
+    assert (tmp_path / "a.txt").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_one_writer_commits_batch_after_batch(tmp_path):
+    files = AtomicFiles(tmp_path, replace=False)
+    assert files.commit() == [], "nothing pending: nothing to do"
+    files.write("a.txt", "a")
+    assert files.commit() == [tmp_path / "a.txt"]
+    files.write("b.txt", "b")
+    files.abort()
+    files.write("c.txt", "c")
+    files.write("d.txt", "d")
+    assert files.commit() == [tmp_path / "c.txt", tmp_path / "d.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "d.txt"]
+
+
+def _interrupted_commit(folder: Path, names, replace: bool, placed: int, linked: bool = False):
+    """The state a commit killed among its renames leaves, made in this process: every file
+    written, the journal written, the first ``placed`` files renamed (with ``linked``, the next
+    one hard-linked into place with its temporary name not yet removed). Returns the journal."""
+    files = AtomicFiles(folder, replace=replace)
+    for name in names:
+        files.write(name, f"all of {name}")
+    journal = files._journal()
+    for tmp, final in files.pending[:placed]:
+        atomic._commit(tmp, final, replace)
+    if linked:
+        tmp, final = files.pending[placed]
+        os.link(tmp, final)
+    return journal
+
+
+@pytest.mark.parametrize("placed,linked", [(0, False), (1, False), (1, True), (2, True)])
+def test_a_commit_interrupted_among_its_renames_is_completed_from_its_journal(
+    tmp_path, caplog, placed, linked
+):
+    caplog.set_level("INFO")
+    journal = _interrupted_commit(tmp_path, NAMES, False, placed, linked)
+    assert journal.name.startswith(".x.png.") and journal.suffix == atomic.JOURNAL_SUFFIX
+    atomic.finish_commit(journal)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(NAMES)
+    assert all((tmp_path / n).read_text() == f"all of {n}" for n in NAMES)
+    assert f"completed the commit of {journal.name} that a killed run left" in caplog.messages
+
+
+def test_two_files_get_a_journal_too(tmp_path):
+    files = AtomicFiles(tmp_path)
+    files.write("a.txt", "a")
+    files.write("b.txt", "b")
+    journals = []
+    real_commit = atomic._commit
+
+    def watch(tmp, path, replace=True):
+        journals.extend(tmp_path.glob(f"*{atomic.JOURNAL_SUFFIX}"))
+        real_commit(tmp, path, replace)
+
+    atomic._commit = watch
+    try:
+        files.commit()
+    finally:
+        atomic._commit = real_commit
+    assert len(set(journals)) == 1, "the journal is there while the two files are renamed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_a_replacing_commit_is_completed_over_the_older_files(tmp_path, caplog):
+    caplog.set_level("INFO")
+    (tmp_path / "x_kernel.npy").write_text("older")
+    journal = _interrupted_commit(tmp_path, NAMES, True, 1)
+    atomic.finish_commit(journal)
+    assert (tmp_path / "x_kernel.npy").read_text() == "all of x_kernel.npy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(NAMES)
+
+
+def test_an_interrupted_commit_whose_name_was_taken_is_undone(tmp_path, caplog):
+    journal = _interrupted_commit(tmp_path, NAMES, False, 1)
+    (tmp_path / "x_kernel.png").write_text("someone else's")
+    atomic.finish_commit(journal)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_kernel.png"]
+    message = f"undid the commit of {journal.name}: one of its names was taken since"
+    assert message in caplog.messages
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"replace": True, "files": [["TMP", ".."]]},
+        {"replace": True, "files": [["TMP", "sub/x.png"]]},
+        {"replace": "yes", "files": [["TMP", "x.png"]]},
+        {"files": [["TMP", "x.png"]]},
+        {"replace": True},
+        None,
+    ],
+)
+def test_a_journal_that_is_not_ours_is_left_alone_and_named(tmp_path, caplog, record):
+    tmp = leftover(tmp_path, "x.png", dead_pid())
+    journal = tmp_path / f".x.png.{dead_pid()}-0123abcd{atomic.JOURNAL_SUFFIX}"
+    text = json.dumps(record).replace("TMP", tmp.name)
+    journal.write_text(text)
+    atomic.finish_commit(journal)
+    assert journal.read_text() == text and tmp.exists()
+    assert f"{journal} is not a commit journal of kxnet: left alone" in caplog.messages
+
+
+def test_a_temporary_name_of_no_process_is_never_removed(tmp_path):
+    """pid 0 names no writer that could have died: such a name is left alone."""
+    kept = leftover(tmp_path, "x.png", 0)
+    assert remove_leftovers(tmp_path) == [] and kept.exists()

@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,68 @@ def test_refuses_something_else():
     message = r"^the official checkpoint has no 'kernel_map': not a KXNet state dict$"
     with pytest.raises(ValueError, match=message):
         kxnet.load_official({})
+
+
+@pytest.mark.parametrize("wrappers", [["state_dict"], ["params"], ["model"], ["params", "model"]])
+def test_the_wrappers_of_a_training_checkpoint_are_taken_off(official, tmp_path, wrappers):
+    """The authors' training code saves the weights under "state_dict", "params" or "model"
+    (beside other entries), possibly nested."""
+    saved = official["state_dict"]
+    for key in reversed(wrappers):
+        saved = {key: saved, "iteration": torch.tensor(5)}
+    path = tmp_path / "wrapped.pth"
+    torch.save(saved, path)
+    check_outputs(kxnet.load_official(path), official)
+
+
+def test_refuses_what_is_not_a_state_dict():
+    message = r"^an official checkpoint must be a state dict \(a mapping of tensors\)$"
+    with pytest.raises(ValueError, match=message):
+        kxnet.load_official([torch.zeros(1)])
+
+
+def test_refuses_a_kernel_map_without_stages(official):
+    message = r"^the official checkpoint has no stages: no 'K_stage\.\*' or 'X_stage\.\*' keys$"
+    with pytest.raises(ValueError, match=message):
+        kxnet.load_official({"kernel_map": official["state_dict"]["kernel_map"]})
+
+
+def test_refuses_an_x_net_of_no_scale(official):
+    state = dict(official["state_dict"])
+    state["X_stage.0.X_ProNet.resx5.0.weight"] = torch.zeros(60, 60, 3, 3)
+    with pytest.raises(
+        ValueError, match=r"^X-net with 60 channels matches no scale \(59/89/131\)$"
+    ):
+        kxnet.load_official(state)
+
+
+def test_refuses_a_checkpoint_missing_a_weight(official):
+    state = {
+        k: v for k, v in official["state_dict"].items() if k != "X_stage.1.X_ProNet.resx2.2.bias"
+    }
+    with pytest.raises(
+        RuntimeError, match=r"Missing key\(s\).*stages\.1\.xnet\.prox_net\.blocks\.1\.2\.bias"
+    ):
+        kxnet.load_official(state)
+
+
+class _Payload:
+    """Unpickling it would create ``marker`` (code run by a checkpoint file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_file_that_runs_code_when_unpickled_is_refused_unrun(official, tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "KXNet_x2.pth"
+    torch.save({"state_dict": official["state_dict"], "hook": _Payload(marker)}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        kxnet.load_official(path)
+    assert not marker.exists()
 
 
 def test_conversion_covers_every_parameter(official):

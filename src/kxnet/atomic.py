@@ -252,7 +252,7 @@ def _alive(pid: int) -> bool:
     if pid <= 0:
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # pragma: no mutate (another signal would stop the process probed)
     except ProcessLookupError:
         return False
     except OSError:

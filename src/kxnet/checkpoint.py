@@ -38,6 +38,7 @@ from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, String
 from torch import Tensor
 
 from kxnet.atomic import atomic_save
+from kxnet.description import SCALES
 from kxnet.errors import CheckpointError
 from kxnet.nn.kxnet import KXNet
 from kxnet.official import convert_official_state_dict, load_official
@@ -194,7 +195,10 @@ def check_net_config(path: Path, config: Mapping, where: str = "config") -> dict
     from kxnet.kernels import SETTINGS
 
     valid = {
-        "scale": (lambda v: _integer(v) and v in (2, 3, 4), "2, 3 or 4"),
+        "scale": (
+            lambda v: _integer(v) and v in SCALES,
+            ", ".join(map(str, SCALES[:-1])) + f" or {SCALES[-1]}",
+        ),
         "stages": (lambda v: _integer(v) and 0 <= v <= MAX_STAGES, f"an integer 0 to {MAX_STAGES}"),
         "kernel_size": (
             lambda v: _integer(v) and 1 <= v <= MAX_KERNEL_SIZE and v % 2 == 1,

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from kxnet.description import SCALES
 from kxnet.nn.kxnet import KXNet
 from kxnet.nn.xnet import xnet_channels
 
@@ -58,15 +59,15 @@ def _infer(state: Mapping[str, Tensor]) -> tuple[int, int, int]:
         raise ValueError("the official checkpoint has no 'kernel_map': not a KXNet state dict")
     kernel_size = state["aux_k"].shape[-1]
     stage_ids = {int(k.split(".")[1]) for k in state if k.startswith("stages.")}
-    stages = len(stage_ids)
-    scale = 2
-    if stages:
-        channels = state["stages.0.xnet.prox_net.out.weight"].shape[0]
-        by_channels = {xnet_channels(s): s for s in (2, 3, 4)}
-        if channels not in by_channels:
-            raise ValueError(f"X-net with {channels} channels matches no scale (59/89/131)")
-        scale = by_channels[channels]
-    return scale, stages, kernel_size
+    if not stage_ids:
+        raise ValueError(
+            "the official checkpoint has no stages: no 'K_stage.*' or 'X_stage.*' keys"
+        )
+    channels = state["stages.0.xnet.prox_net.out.weight"].shape[0]
+    by_channels = {xnet_channels(s): s for s in SCALES}
+    if channels not in by_channels:
+        raise ValueError(f"X-net with {channels} channels matches no scale (59/89/131)")
+    return by_channels[channels], len(stage_ids), kernel_size
 
 
 def load_official(
