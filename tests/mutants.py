@@ -41,7 +41,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["data/synthesis.py"],
         ["test_synthesis.py", "test_realistic.py", "test_datamodule.py"],
     ),
-    "predict": (["predict/prediction.py"], ["test_prediction.py"]),
+    "predict": (
+        ["predict/files.py"],
+        ["test_predict_files.py", "test_prediction.py", "test_predict_cli.py"],
+    ),
     "rollback": (["train/callbacks.py"], ["test_faults.py", "test_callbacks.py"]),
     "atomic": (["atomic.py"], ["test_atomic.py"]),
     "ensemble": (["ensemble.py"], ["test_ensemble.py"]),
@@ -184,7 +187,10 @@ _MASK = (
     "the mask of known pixels holds only 0 and 1, exact in any float dtype, and broadcasts the "
     "same over B×C×H×W estimates"
 )
-_STRICT = "zip(..., strict=…) over sequences always of one length (two axes, or a stage each)"
+_STRICT = (
+    "zip(..., strict=…) over sequences always of one length (two axes, a stage each, a writer "
+    "each, the three properties of a checkpoint)"
+)
 EQUIVALENT |= {
     **{
         _ENSEMBLE + f"x_reversed_axes__mutmut_{n}": (
@@ -197,6 +203,139 @@ EQUIVALENT |= {
     **{_ENSEMBLE + f"x__onto_grid__mutmut_{n}": _CPU for n in (4, 7)},
     **{_ENSEMBLE + f"x__onto_grid__mutmut_{n}": _STRICT for n in (12, 15, 20)},
     **{_ENSEMBLE + f"x_self_ensemble__mutmut_{n}": _STRICT for n in (56, 59, 60)},
+}
+
+
+_OFFICIAL = "kxnet.official."
+EQUIVALENT |= {
+    **{
+        _OFFICIAL + f"x__infer__mutmut_{n}": "the kernel bank is 24×p×p: axes 1 and 2 are both p"
+        for n in (11, 12)
+    },
+    _OFFICIAL + "x__infer__mutmut_29": (
+        "X-net's last proximal convolution maps its channels to as many (C×C×3×3): in or out "
+        "channels give the same count"
+    ),
+    **{
+        _OFFICIAL + f"x_load_official__mutmut_{n}": (
+            "map_location=None for 'cpu': the files hold CPU tensors, which load onto the CPU "
+            "either way on a machine without a GPU"
+        )
+        for n in (6, 9)
+    },
+    **{
+        _OFFICIAL + f"x_load_official__mutmut_{n}": (
+            "weights_only left out (or None): torch.load's default is weights_only=True since "
+            "torch 2.6 (the pinned torch); the refusal is tested"
+        )
+        for n in (7, 10)
+    },
+    **{_OFFICIAL + f"x_load_official__mutmut_{n}": _STRICT for n in (19, 22, 30)},
+    _OFFICIAL + "x_load_official__mutmut_62": "load_state_dict's strict is True by default",
+}
+
+
+_ATOMIC = "kxnet.atomic."
+_UTF8 = "the codec's name in capitals: 'UTF-8' is 'utf-8'"
+_MISSING_OK = (
+    "unlink(missing_ok=…) of a journal this very call wrote or read: it is there to be removed"
+)
+EQUIVALENT |= {
+    **{
+        _ATOMIC + f"x__remove__mutmut_{n}": (
+            "rmtree's ignore_errors on a leftover folder of a dead writer: nothing else removes "
+            "it meanwhile, and the tests run as a user who may remove it"
+        )
+        for n in (4, 6, 7)
+    },
+    _ATOMIC + "x_atomic_write__mutmut_7": _UTF8,
+    _ATOMIC + "xǁAtomicFilesǁwrite__mutmut_8": _UTF8,
+    _ATOMIC + "xǁAtomicFilesǁcommit__mutmut_5": (
+        "a journal for a single file too: one more synced write, the same files in the end "
+        "(one rename needs no journal)"
+    ),
+    **{_ATOMIC + f"xǁAtomicFilesǁcommit__mutmut_{n}": _MISSING_OK for n in (17, 18)},
+    **{_ATOMIC + f"x_finish_commit__mutmut_{n}": _MISSING_OK for n in (47, 48)},
+    **{
+        _ATOMIC + f"x__alive__mutmut_{n}": (
+            "pid 0 and pid 1 probed or not: signal 0 to pid 0 (this process group) succeeds and "
+            "init (pid 1) always runs, so both count as running either way"
+        )
+        for n in (1, 2)
+    },
+    **{
+        _ATOMIC + f"x__journal_entries__mutmut_{n}": (
+            "a journal is JSON of ASCII (json.dumps escapes every other character): read in "
+            "any codec it is the same"
+        )
+        for n in (3, 5)
+    },
+    _ATOMIC + "x__journal_entries__mutmut_22": (
+        "'.' as a final name is refused by Path(final).name == final already (Path('.').name is '')"
+    ),
+    _ATOMIC + "x_remove_leftovers__mutmut_42": (
+        "an age of exactly min_age_s seconds (a float of the clock) is never met"
+    ),
+}
+
+
+_FILES = "kxnet.predict.files."
+EQUIVALENT |= {
+    _FILES + "x_output_names__mutmut_20": (
+        "lstrip('XX.XX') strips the same leading dot: no image suffix begins with 'X'"
+    ),
+    _FILES + "x_output_names__mutmut_34": (
+        "the stages folder left out of the names taken: a later stem that would produce the "
+        "same folder is the same stem, whose .png is taken already"
+    ),
+    **{
+        _FILES + f"x_kernel_picture__mutmut_{n}": "a kernel is p×p: its last two axes are both p"
+        for n in (16, 17)
+    },
+    _FILES + "x_save_picture__mutmut_12": "Pillow reads the format's name in any case",
+    _FILES + "xǁStripsǁ__init____mutmut_11": (
+        "the buffers before the first start(), which sets them: never read"
+    ),
+    **{_FILES + f"xǁStripsǁpaste__mutmut_{n}": _STRICT for n in (14, 17, 18)},
+    **{_FILES + f"xǁStripsǁfinish__mutmut_{n}": _STRICT for n in (3, 6, 7)},
+}
+
+
+_ROLLBACK = "kxnet.train.callbacks."
+_LOG_DEFAULTS = (
+    "on_step/on_epoch left to Lightning in a training-batch hook: on_step=True, on_epoch=False, "
+    "what is given"
+)
+EQUIVALENT |= {
+    **{
+        _ROLLBACK + f"x_peak_memory_gib__mutmut_{n}": (
+            "the CUDA branch: never taken on a machine without a GPU (the GPU runs check it)"
+        )
+        for n in range(2, 9)
+    },
+    _ROLLBACK + "xǁRankSeedǁsetup__mutmut_6": "verbose=None is as quiet as verbose=False",
+    **{
+        _ROLLBACK + f"xǁResourceMonitorǁ__init____mutmut_{n}": (
+            "the start and the step count are set again by on_train_start before any use"
+        )
+        for n in (3, 5, 6)
+    },
+    **{
+        _ROLLBACK + f"xǁResourceMonitorǁon_train_batch_end__mutmut_{n}": _LOG_DEFAULTS
+        for n in (17, 18, 20, 21)
+    },
+    **{
+        _ROLLBACK + f"xǁNonFiniteRollbackǁon_train_batch_end__mutmut_{n}": _LOG_DEFAULTS
+        for n in (18, 19, 22, 23, 38, 39, 42, 43)
+    },
+    **{_ROLLBACK + f"x__cpu_copy__mutmut_{n}": _CPU for n in (8, 10)},
+    _ROLLBACK + "xǁNonFiniteRollbackǁ__init____mutmut_32": (
+        "'' or None before on_train_start keeps the first state: a roll-back comes after it"
+    ),
+    **{
+        _ROLLBACK + f"xǁNonFiniteRollbackǁ_roll_back__mutmut_{n}": _STRICT
+        for n in (15, 18, 21, 27, 30, 31)
+    },
 }
 
 

@@ -73,12 +73,33 @@ def test_only_the_leftovers_of_dead_writers_are_removed(tmp_path):
     assert remove_leftovers(tmp_path / "nowhere") == []
 
 
-def test_leftovers_of_a_shared_folder_must_also_be_old(tmp_path):
+def test_leftovers_of_a_shared_folder_must_also_be_old(tmp_path, caplog):
+    caplog.set_level("INFO")
     recent = leftover(tmp_path, "a.png", dead_pid())
     assert remove_leftovers(tmp_path, min_age_s=600) == []
     old = time.time() - 3600
     os.utime(recent, (old, old))
     assert remove_leftovers(tmp_path, min_age_s=600) == [recent]
+    assert caplog.messages[-1] == (f"removed 1 temporary file(s) left by killed runs in {tmp_path}")
+    # Recent and old leftovers side by side, in whatever order the folder lists them.
+    recents = [leftover(tmp_path, f"r{i}.png", dead_pid()) for i in range(5)]
+    olds = [leftover(tmp_path, f"o{i}.png", dead_pid()) for i in range(5)]
+    for path in olds:
+        os.utime(path, (old, old))
+    assert sorted(remove_leftovers(tmp_path, min_age_s=600)) == sorted(olds)
+    assert all(p.exists() for p in recents)
+    assert caplog.messages[-1] == (f"removed 5 temporary file(s) left by killed runs in {tmp_path}")
+
+
+def test_a_writer_of_another_user_counts_as_running(tmp_path, monkeypatch):
+    """Signalling another user's process is not permitted: it is running all the same."""
+    kept = leftover(tmp_path, "a.png", dead_pid())
+
+    def not_permitted(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "kill", not_permitted)
+    assert remove_leftovers(tmp_path) == [] and kept.exists()
 
 
 def test_files_that_may_not_replace_anything_all_appear_or_none(tmp_path):
@@ -122,8 +143,9 @@ def test_a_name_taken_while_writing_is_not_replaced(tmp_path, monkeypatch):
     files = AtomicFiles(tmp_path, replace=False)
     files.write("a.txt", "mine")
     files.write("b.txt", "b")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as err:
         files.commit()
+    assert err.value.filename == str(tmp_path / "a.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
     files = AtomicFiles(tmp_path, replace=False)
     files.write("b.txt", "b")

@@ -278,3 +278,14 @@ def test_rollback_state_round_trips():
     again = NonFiniteRollback()
     again.load_state_dict(state)
     assert again.state_dict() == state
+
+
+def test_scale_learning_rate_of_a_schedule_without_base_rates_and_of_two_groups():
+    """ReduceLROnPlateau keeps no base_lrs: the rates alone are scaled; every group is."""
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.02}])
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(sgd)
+    assert scale_learning_rate(_trainer_of(sgd, plateau), 0.5) == [
+        pytest.approx(0.05),
+        pytest.approx(0.01),
+    ]

@@ -108,7 +108,7 @@ def test_ctrl_c_in_predict_keeps_the_finished_images_whole_and_says_so(
 
         monkeypatch.setattr(prediction, "predict_image", predict_image)
     else:
-        original = prediction._write_kernels
+        original = prediction.write_kernels
 
         def write_kernels(outputs, stem, *args):
             written = original(outputs, stem, *args)
@@ -117,7 +117,7 @@ def test_ctrl_c_in_predict_keeps_the_finished_images_whole_and_says_so(
                 _ctrl_c()
             return written
 
-        monkeypatch.setattr(prediction, "_write_kernels", write_kernels)
+        monkeypatch.setattr(prediction, "write_kernels", write_kernels)
     out = tmp_path / "out"
     args = ["device=cpu", f"ckpt_path={weights}", f"input={images}", f"output={out}"]
     line = _one_line(*_main("predict", args, tmp_path / "run", monkeypatch, capfd))

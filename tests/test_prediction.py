@@ -16,13 +16,11 @@ from kxnet.data.images import read_image
 from kxnet.errors import StartupError
 from kxnet.predict import png as png_module
 from kxnet.predict import prediction
+from kxnet.predict.files import check_output_dir, find_inputs, output_names
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.prediction import (
     PredictError,
     PredictOptions,
-    check_output_dir,
-    find_inputs,
-    output_names,
     predict_image,
     predict_images,
     summary,

@@ -8,19 +8,16 @@ given to X-net tile by tile (:mod:`kxnet.predict.tiling`), so that memory is bou
 kernels.
 Rows of tiles are written as they are done (:class:`~kxnet.predict.png.PngStreamWriter`).
 
-Outputs, per input ``NAME.ext``: ``NAME.png`` (the SR image; 16-bit if the input is),
-``NAME_kernel.npy`` (the final kernel, p×p float32, sums to 1), ``NAME_kernel.png`` (the kernel
-scaled to its maximum and enlarged, for looking, titled), and with ``save_stages``,
-``NAME_stages/`` holding ``x_00.png`` … ``x_T.png``, ``k_00.png`` …, ``kernels.png`` (every
-stage's kernel side by side, numbered) and ``kernels.npy`` ((T+1)×p×p). Every file
-of an image is written under a temporary name and renamed when all of them are complete.
+The files (the inputs, the output names, the outputs written) are :mod:`kxnet.predict.files`'s;
+every file of an image is written under a temporary name and renamed when all of them are
+complete.
 
-Nothing in the output folder is ever replaced or removed: the output names of the whole run are
-planned before anything is written (:func:`output_names`), unique among themselves and against
-what the folder holds, compared without regard to case; an image whose name is taken gets
-``NAME_2`` (``NAME_3``, …), noted in the summary. The inputs may not lie in the output folder
-(nor be links from it). An image larger than ``max_pixels`` is refused from its header, before
-it is decoded.
+Nothing in the output folder is ever replaced or removed: the output names of the whole run
+are planned before anything is written (:func:`~kxnet.predict.files.output_names`), unique among
+themselves and against what the folder holds, compared without regard to case; an image whose
+name is taken gets ``NAME_2`` (``NAME_3``, …), noted in the summary. The inputs may not lie in
+the output folder (nor be links from it). An image larger than ``max_pixels`` is refused from
+its header, before it is decoded.
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -45,10 +41,8 @@ from torch import Tensor
 
 from kxnet.atomic import AtomicFiles, remove_leftovers
 from kxnet.data.images import (
-    IMAGE_SUFFIXES,
     decode_image,
     exif_orientation,
-    list_images,
     to_float,
 )
 from kxnet.ensemble import SelfEnsemble
@@ -57,7 +51,18 @@ from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.models import asked_properties, build_model
 from kxnet.nn.kxnet import KXNet
 from kxnet.onnx_network import OnnxKXNet
-from kxnet.pictures import kernel_strip, text_band
+from kxnet.predict.files import (
+    NOT_FINITE,
+    Strips,
+    check_output_dir,
+    find_inputs,
+    output_names,
+    quantise,
+    save_npy,
+    save_picture,
+    to_image,
+    write_kernels,
+)
 from kxnet.predict.kernel_map import kernel_map_picture, tiled_kernel_forward
 from kxnet.predict.png import PngStreamWriter
 from kxnet.predict.tiling import (
@@ -67,16 +72,13 @@ from kxnet.predict.tiling import (
     receptive_radius,
     run_tile,
 )
-from kxnet.startup import check_device, check_writable
+from kxnet.startup import check_device
 
 __all__ = [
     "run",
     "PredictOptions",
     "ImageResult",
     "Failure",
-    "find_inputs",
-    "output_names",
-    "check_output_dir",
     "predict_image",
     "predict_images",
     "summary",
@@ -85,11 +87,6 @@ __all__ = [
     "KERNEL_MODES",
 ]
 
-_KERNEL_PNG_SIZE = 256
-_NOT_FINITE = (
-    "the network's {what} is not finite (NaN or inf), so nothing of this image was written: "
-    "check the checkpoint, or try precision=32"
-)
 # The largest tile.size and kernel_crop: the network's memory grows with their square (about
 # 2 GB of activations per 1024² LR pixels at x4), while the image size costs only strips.
 MAX_TILE = 4096
@@ -194,81 +191,6 @@ class Failure:
     reason: str
 
 
-def find_inputs(path: Path) -> list[Path]:
-    """The image files of ``input``: the file itself, or the images directly in a folder."""
-    if path.is_dir():
-        files = list_images(path)
-        if not files:
-            raise PredictError(
-                f"input={path} holds no image files ({', '.join(IMAGE_SUFFIXES)}): "
-                "point input at an image or a folder of images"
-            )
-        return files
-    if not path.exists():
-        raise PredictError(f"input={path} does not exist: give an image file or a folder")
-    return [path]
-
-
-def _outputs(stem: str, save_stages: bool) -> list[str]:
-    """The names an image of output stem ``stem`` produces in the output folder."""
-    names = [f"{stem}.png", f"{stem}_kernel.npy", f"{stem}_kernel.png"]
-    return [*names, f"{stem}_stages"] if save_stages else names
-
-
-def output_names(
-    inputs: Sequence[Path], existing: Sequence[str] = (), save_stages: bool = False
-) -> dict[Path, str]:
-    """The output stem of each input, planned for the whole run before anything is written.
-
-    An input's own stem, or ``stem_ext`` where several inputs share a stem (without regard to
-    case); then ``_2``, ``_3``, … until none of the names the image produces (the SR image, the
-    kernel files, the stages folder) is one that an earlier input produces or that ``existing``
-    (what the output folder holds) has, compared without regard to case.
-    """
-    shared: dict[str, int] = {}
-    for path in inputs:
-        shared[path.stem.casefold()] = shared.get(path.stem.casefold(), 0) + 1
-    taken = {name.casefold() for name in existing}
-    names: dict[Path, str] = {}
-    for path in inputs:
-        base = path.stem
-        if shared[base.casefold()] > 1:
-            base = f"{base}_{path.suffix.lstrip('.').lower()}"
-        stem, n = base, 2
-        while any(name.casefold() in taken for name in _outputs(stem, save_stages)):
-            stem, n = f"{base}_{n}", n + 1
-        taken.update(name.casefold() for name in _outputs(stem, save_stages))
-        names[path] = stem
-    return names
-
-
-def _places(path: Path) -> set[Path]:
-    """Where an input is: its path with links resolved, and its own folder's (the link's)."""
-    link = Path(os.path.abspath(path))
-    return {path.resolve(), link.parent.resolve() / link.name}
-
-
-def check_output_dir(output_dir: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output folder that holds an input, or a link to one, at any depth.
-
-    Creates the folder and checks that it is writable, so that nothing is computed in vain.
-    """
-    output_dir = output_dir.resolve()
-    for source in inputs:
-        for place in _places(source):
-            if place.parent == output_dir:
-                raise PredictError(
-                    f"output={output_dir} is the folder of the input images ({place}): choose "
-                    "another output folder, so that no input can be overwritten"
-                )
-            if output_dir in place.parents:
-                raise PredictError(
-                    f"input {place} lies inside output={output_dir}: choose an output folder "
-                    "that holds no input"
-                )
-    check_writable(output_dir, "output")
-
-
 def _notes(path: Path) -> list[str]:
     """What reading the file did to it, from its header: gray, alpha, palette, EXIF rotation."""
     with Image.open(path) as img:
@@ -333,104 +255,11 @@ def _read(path: Path) -> tuple[Tensor, int, list[str]]:
     return image.unsqueeze(0), bit_depth, notes
 
 
-def _quantise(x: Tensor, bit_depth: int) -> np.ndarray:
-    """1×3×H×W float → H×W×3 uint8 or uint16, clamped and rounded (one temporary copy)."""
-    q = x[0].float().clamp(0, 1).mul_(65535 if bit_depth == 16 else 255).round_()
-    q = q.to(torch.int32 if bit_depth == 16 else torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return q.astype(np.uint16) if bit_depth == 16 else q
-
-
-def _kernel_picture(k: Tensor, title: str) -> Image.Image:
-    """A p×p kernel as an 8-bit gray picture: scaled to its maximum, enlarged without blurring,
-    ``title`` under it."""
-    k = k.detach().cpu().double()
-    pixels = (k / k.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
-    factor = max(1, _KERNEL_PNG_SIZE // k.shape[-1])
-    kernel = np.kron(pixels, np.ones((factor, factor), dtype=np.uint8))
-    band = (text_band([title], [kernel.shape[1]]).mean(0) * 255).round().to(torch.uint8)
-    return Image.fromarray(np.concatenate([kernel, band.numpy()]))
-
-
-def _to_image(picture: Tensor) -> Image.Image:
-    """A 3×H×W picture in [0, 1] → an 8-bit RGB image."""
-    return Image.fromarray(
-        (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    )
-
-
-def _save_picture(img: Image.Image, path: Path) -> None:
-    with open(path, "wb") as f:
-        img.save(f, format="PNG")
-
-
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
-
-
-class _Strips:
-    """PNG writers (one per kept stage) fed a strip of tile rows at a time; LR coordinates in."""
-
-    def __init__(self, files: Sequence, width: int, height: int, scale: int, bit_depth: int):
-        self.writers = [PngStreamWriter(f, width, height, bit_depth=bit_depth) for f in files]
-        self.width, self.height, self.scale, self.bit_depth = width, height, scale, bit_depth
-        self.buffers: list[np.ndarray] = []
-        self.rows_done = 0
-
-    def start(self, core: tuple[int, int, int, int]) -> None:
-        """Begin the strip of a row of tiles (HR rows past the output's height are dropped)."""
-        rows = min((core[2] - core[0]) * self.scale, self.height - self.rows_done)
-        dtype = np.uint16 if self.bit_depth == 16 else np.uint8
-        self.buffers = [np.empty((rows, self.width, 3), dtype) for _ in self.writers]
-
-    def paste(self, parts: Sequence[Tensor], left: int) -> None:
-        """Put a tile's per-stage HR cores (1×3×h×w) at LR column ``left`` of the strip."""
-        left *= self.scale
-        if not all(bool(torch.isfinite(part).all()) for part in parts):
-            raise ArithmeticError(_NOT_FINITE.format(what="SR image"))
-        for buf, part in zip(self.buffers, parts, strict=True):
-            q = _quantise(part, self.bit_depth)[: buf.shape[0], : self.width - left]
-            buf[:, left : left + q.shape[1]] = q
-
-    def finish(self) -> None:
-        for writer, buf in zip(self.writers, self.buffers, strict=True):
-            writer.write(buf)
-        self.rows_done += self.buffers[0].shape[0]
-
-    def close(self) -> None:
-        for writer in self.writers:
-            writer.close()
-
-
 def _pad_to(image: Tensor, smallest: int) -> Tensor:
     """Edge-pad a 1×3×h×w image (as float) at the bottom and right to at least smallest²."""
     height, width = image.shape[-2:]
     pad = (0, max(0, smallest - width), 0, max(0, smallest - height))
     return F.pad(to_float(image), pad, mode="replicate")
-
-
-def _write_kernels(
-    outputs: AtomicFiles, stem: str, stage_kernels: Sequence[Tensor], save_stages: bool
-) -> list[Path]:
-    """The final kernel (.npy and picture) and, with ``save_stages``, every stage's kernel.
-
-    Returns the paths for the stage images (``x_00.png`` …), empty without ``save_stages``.
-    """
-    kernels = torch.cat(list(stage_kernels)).float().cpu()
-    last = len(kernels) - 1
-    size = "×".join(str(n) for n in kernels.shape[-2:])
-    _save_npy(kernels[-1].numpy(), outputs.path(f"{stem}_kernel.npy"))
-    title = f"estimated kernel {size}, stage {last}"
-    _save_picture(_kernel_picture(kernels[-1], title), outputs.path(f"{stem}_kernel.png"))
-    if not save_stages:
-        return []
-    stage_dir = outputs.path(f"{stem}_stages")
-    stage_dir.mkdir()
-    _save_npy(kernels.numpy(), stage_dir / "kernels.npy")
-    for t, k in enumerate(kernels):
-        _save_picture(_kernel_picture(k, f"stage {t} of {last}"), stage_dir / f"k_{t:02d}.png")
-    _save_picture(_to_image(kernel_strip(kernels)), stage_dir / "kernels.png")
-    return [stage_dir / f"x_{t:02d}.png" for t in range(len(kernels))]
 
 
 def _predict_tiled(
@@ -452,13 +281,13 @@ def _predict_tiled(
     kernels = result.kernels[:, :, 0].float().cpu()
     for what, value in (("kernel estimate", kernels), ("SR image", result.sr)):
         if not bool(torch.isfinite(value).all()):
-            raise ArithmeticError(_NOT_FINITE.format(what=what))
-    _save_npy(kernels.numpy(), outputs.path(f"{stem}_kernel.npy"))
+            raise ArithmeticError(NOT_FINITE.format(what=what))
+    save_npy(kernels.numpy(), outputs.path(f"{stem}_kernel.npy"))
     picture = kernel_map_picture(to_float(lr[0]).cpu(), kernels, result.tiles)
-    _save_picture(_to_image(picture), outputs.path(f"{stem}_kernel.png"))
+    save_picture(to_image(picture), outputs.path(f"{stem}_kernel.png"))
     with open(outputs.path(f"{stem}.png"), "wb") as f:
         writer = PngStreamWriter(f, width * s, height * s, bit_depth=bit_depth)
-        writer.write(_quantise(result.sr[..., : height * s, : width * s], bit_depth))
+        writer.write(quantise(result.sr[..., : height * s, : width * s], bit_depth))
         writer.close()
 
 
@@ -502,7 +331,7 @@ def predict_image(
         estimate = model(crop)
         stage_kernels = estimate.kernels
         if not all(bool(torch.isfinite(k).all()) for k in stage_kernels):
-            raise ArithmeticError(_NOT_FINITE.format(what="kernel estimate"))
+            raise ArithmeticError(NOT_FINITE.format(what="kernel estimate"))
         # The crop's images are the result only when the crop is the whole image, in one tile.
         whole = estimate.images if crop.shape[-2:] == lr.shape[-2:] and count == 1 else None
         del estimate, crop
@@ -510,8 +339,8 @@ def predict_image(
             crop_h, crop_w = (min(n, options.kernel_crop) for n in lr.shape[-2:])
             notes.append(f"kernel estimated on the central {crop_h}×{crop_w} crop")
         sr_path = outputs.path(f"{stem}.png")
-        images = _write_kernels(outputs, stem, stage_kernels, options.save_stages) or [sr_path]
-        strips = _Strips(
+        images = write_kernels(outputs, stem, stage_kernels, options.save_stages) or [sr_path]
+        strips = Strips(
             [files.enter_context(open(p, "wb")) for p in images],
             width * model.scale,
             height * model.scale,
