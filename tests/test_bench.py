@@ -16,7 +16,9 @@ from kxnet.bench.variants import HOT_SPOTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_on_a_tiny_config_writes_every_field(tmp_path):
+    """Every phase of ``make bench`` in processes of their own (about 45 s on 2 cores: slow)."""
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
     run_dir = tmp_path / "run"

@@ -50,6 +50,30 @@ def test_scale_and_stages_come_from_the_checkpoint(images, weights, tmp_path, ca
     assert sorted(p.name for p in (out / "b_stages").iterdir())[-2:] == ["x_00.png", "x_01.png"]
 
 
+@pytest.mark.slow
+def test_compiled_stages_give_the_eager_images(images, weights, tmp_path, monkeypatch):
+    """``model.net.compile=true``: the checkpoint's network with each stage compiled (traced
+    once, about 20 s on 2 cores) writes the images the eager network writes."""
+    compiled = []
+    original = KXNet.compile_stages
+
+    def record(self, compile=True):
+        original(self, compile)
+        compiled.append(compile)
+
+    monkeypatch.setattr(KXNet, "compile_stages", record)
+    outs = {}
+    for flag in ("false", "true"):
+        outs[flag] = tmp_path / f"out_{flag}"
+        args = [f"ckpt_path={weights}", f"input={images}", f"output={outs[flag]}"]
+        assert _run([*args, f"model.net.compile={flag}"]) == 0
+    assert [c for c in compiled if c] == [True], "compiled once: for the run that asked"
+    for name in ("a.png", "b.png"):
+        eager = np.asarray(Image.open(outs["false"] / name), dtype=np.int16)
+        traced = np.asarray(Image.open(outs["true"] / name), dtype=np.int16)
+        assert np.abs(eager - traced).max() <= 1, "equal up to the rounding of fused operations"
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

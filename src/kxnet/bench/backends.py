@@ -23,12 +23,25 @@ from kxnet.onnx_network import OnnxKXNet
 
 __all__ = ["BACKENDS", "measure_backend", "export_for"]
 
-# name → (label, backend, precision, formulation)
+# name → (label, backend, precision, formulation, torch.compile of each stage)
 BACKENDS = {
-    "torch": ("PyTorch, float32", "torch", "float32", "ours"),
-    "torch_bf16": ("PyTorch, bfloat16 autocast", "torch", "bfloat16", "ours"),
-    "onnxruntime": ("onnxruntime, float32", "onnx", "float32", "ours"),
-    "authors": ("the authors' formulation, PyTorch float32", "torch", "float32", "authors"),
+    "torch": ("PyTorch, float32", "torch", "float32", "ours", False),
+    "torch_bf16": ("PyTorch, bfloat16 autocast", "torch", "bfloat16", "ours", False),
+    "torch_bf16_compiled": (
+        "PyTorch, bfloat16 autocast, compiled",
+        "torch",
+        "bfloat16",
+        "ours",
+        True,
+    ),
+    "onnxruntime": ("onnxruntime, float32", "onnx", "float32", "ours", False),
+    "authors": (
+        "the authors' formulation, PyTorch float32",
+        "torch",
+        "float32",
+        "authors",
+        False,
+    ),
 }
 
 

@@ -196,11 +196,10 @@ def backend_specs(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, 
         "image_size": int(cfg.backends.lr_size),
         "warmup": int(cfg.backends.warmup),
         "repeats": int(cfg.backends.repeats),
-        "compile": False,
         "checkpoint_stages": False,
     }
     specs = {}
-    for name, (_, backend, dtype, formulation) in BACKENDS.items():
+    for name, (_, backend, dtype, formulation, compiled) in BACKENDS.items():
         side = theirs if formulation == "authors" else ours
-        specs[name] = side | common | {"backend": backend, "dtype": dtype}
+        specs[name] = side | common | {"backend": backend, "dtype": dtype, "compile": compiled}
     return specs

@@ -315,11 +315,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             format_ratio(r["vs_fp32"]) if "vs_fp32" in r else "",
             *ratios,
         )
-    console.print(table)
+    if table.row_count:
+        console.print(table)
     if any(name.startswith("hot_spot/") for name in res):
         console.print(spots)
     peaks = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in report["matmul_peak_flops_per_s"].items())
-    goals = _table(f"Targets (matmul peak GFLOP/s: {peaks})", ("target", "measured", "goal", "met"))
+    title = f"Targets (matmul peak GFLOP/s: {peaks})" if peaks else "Targets"
+    goals = _table(title, ("target", "measured", "goal", "met"))
     for t in report["targets"].values():
         value = "–" if t["value"] is None else f"{t['value']:.3f}"
         met = {True: "yes", False: "no", None: "–"}[t["met"]]

@@ -104,6 +104,11 @@ class KXNet(nn.Module):
         self.register_buffer("k0", k0.float(), persistent=False)
         if channels_last:
             self.stages.to(memory_format=torch.channels_last)
+        self.compile_stages(compile)
+
+    def compile_stages(self, compile: bool | str = True) -> None:
+        """``torch.compile`` each stage (``compile`` as in the constructor; False: nothing);
+        the weights, their names and the results stay those of the eager network."""
         if compile:
             mode = None if compile is True else str(compile)
             for stage in self.stages:

@@ -499,7 +499,9 @@ def _model(cfg: DictConfig, device: torch.device) -> KXNet:
             "(weights=official/setting2_x4, weights=latest) or model.net.stages=0 for the "
             "bicubic baseline"
         )
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    model.compile_stages(cfg.model.net.compile)
+    return model
 
 
 def _options(cfg: DictConfig) -> PredictOptions:
