@@ -139,15 +139,13 @@ EQUIVALENT |= {
 }
 
 
+_MAP_LOCATION = (
+    "map_location None or left out: the files hold CPU tensors, which load onto the CPU either "
+    "way on a machine without a GPU"
+)
 _CKPT = "kxnet.checkpoint."
 EQUIVALENT |= {
-    _CKPT + "x_read_checkpoint__mutmut_19": (
-        "map_location=None for map_location: on a CPU the tensors are loaded onto the CPU "
-        "either way"
-    ),
-    _CKPT + "x_read_checkpoint__mutmut_22": (
-        "map_location left out: on a CPU the tensors are loaded onto the CPU either way"
-    ),
+    **{_CKPT + f"x_read_checkpoint__mutmut_{n}": _MAP_LOCATION for n in (19, 22)},
     _CKPT + "x_plain_config__mutmut_3": "resolve=None for resolve=False: both falsy",
     _CKPT + "x_plain_config__mutmut_5": "resolve left out: OmegaConf's default is False",
 }
@@ -216,13 +214,7 @@ EQUIVALENT |= {
         "X-net's last proximal convolution maps its channels to as many (C×C×3×3): in or out "
         "channels give the same count"
     ),
-    **{
-        _OFFICIAL + f"x_load_official__mutmut_{n}": (
-            "map_location=None for 'cpu': the files hold CPU tensors, which load onto the CPU "
-            "either way on a machine without a GPU"
-        )
-        for n in (6, 9)
-    },
+    **{_OFFICIAL + f"x_load_official__mutmut_{n}": _MAP_LOCATION for n in (6, 9)},
     **{
         _OFFICIAL + f"x_load_official__mutmut_{n}": (
             "weights_only left out (or None): torch.load's default is weights_only=True since "

@@ -13,9 +13,9 @@ from PIL import Image
 
 from kxnet.atomic import AtomicFiles
 from kxnet.errors import PredictError
-from kxnet.predict import files
 from kxnet.predict.files import (
     Strips,
+    check_output_dir,
     find_inputs,
     kernel_picture,
     output_names,
@@ -57,13 +57,13 @@ def test_output_folder_messages_in_full(tmp_path):
     photo = images / "a.png"
     photo.write_bytes(b"")
     with pytest.raises(PredictError) as err:
-        files.check_output_dir(images, [photo])
+        check_output_dir(images, [photo])
     assert str(err.value) == (
         f"output={images} is the folder of the input images ({photo}): choose another output "
         "folder, so that no input can be overwritten"
     )
     with pytest.raises(PredictError) as err:
-        files.check_output_dir(tmp_path, [photo])
+        check_output_dir(tmp_path, [photo])
     assert str(err.value) == (
         f"input {photo} lies inside output={tmp_path}: choose an output folder that holds no input"
     )
