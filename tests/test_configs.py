@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from kxnet.config import project_root
+from kxnet.instantiation import build_group
 from kxnet.train.module import KXNetModule
-from kxnet.train.run import _instantiate_all
 from trainhelp import compose_train
 
 CONF = project_root() / "conf" / "train"
@@ -39,8 +39,8 @@ def _instantiate(cfg) -> pl.Trainer:
     module = instantiate(cfg.model, _recursive_=False)
     assert isinstance(datamodule, pl.LightningDataModule)
     assert isinstance(module, KXNetModule)
-    callbacks = _instantiate_all("callbacks", cfg.get("callbacks"))
-    loggers = _instantiate_all("logger", cfg.get("logger"))
+    callbacks = build_group("callbacks", cfg.get("callbacks"))
+    loggers = build_group("logger", cfg.get("logger"))
     trainer_cfg = cfg.trainer
     if trainer_cfg.accelerator == "gpu" and not torch.cuda.is_available():
         trainer_cfg = OmegaConf.merge(trainer_cfg, {"accelerator": "cpu"})

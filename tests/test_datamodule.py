@@ -303,3 +303,24 @@ def test_each_rank_loads_its_share_of_the_global_batch(train_dir, tmp_path, capl
     hr = next(iter(dm.train_dataloader()))["hr"]
     assert hr.shape[0] == 6
     assert "rank 1 of 2: 6 patches a step of the global batch of 12" in caplog.text
+
+
+def test_an_epoch_must_hold_one_global_batch(train_dir, tmp_path):
+    assert len(_dm(train_dir, tmp_path, batch_size=12).load_train_set()) == 12  # 6 images × 2
+    dm = _dm(train_dir, tmp_path, batch_size=13)
+    with pytest.raises(StartupError) as refused:
+        dm.load_train_set()
+    assert str(refused.value) == (
+        f"data.batch_size=13 is more than the 12 patches of an epoch (6 images under {train_dir}):"
+        " lower data.batch_size, raise data.repeat or data.samples_per_epoch, or add images"
+    )
+    assert dm.train_set is None
+
+
+@pytest.mark.parametrize("paper_data", [False, True])
+def test_a_paper_run_on_fewer_images_than_the_papers_is_warned_about(
+    train_dir, tmp_path, caplog, paper_data
+):
+    _dm(train_dir, tmp_path, paper_data=paper_data).load_train_set()
+    warned = f"paths.train_dir={train_dir} holds 6 usable images; the paper trains on 3450"
+    assert (warned in caplog.text) == paper_data

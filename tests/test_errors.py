@@ -211,6 +211,11 @@ CASES = {
         ["callbacks.model_checkpoint.save_top_k=-5"],
         r"callbacks\.model_checkpoint \(.*ModelCheckpoint\) refuses its options: .*save_top_k",
     ),
+    "train: a strategy Lightning does not know": (
+        "train",
+        ["trainer.strategy=nonsense"],
+        r"trainer \(lightning\.pytorch\.trainer\.Trainer\) refuses its options: .*invalid strategy",
+    ),
     "train: an evaluation option out of range": (
         "train",
         ["eval={{datasets: [Set5], num_workers: -2}}"],

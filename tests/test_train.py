@@ -33,9 +33,9 @@ from kxnet.eval import run as evaluation_run
 from kxnet.metrics import psnr
 from kxnet.pictures import comparison_strip
 from kxnet.train import train
+from kxnet.train.finish import own_best
 from kxnet.train.loggers import default_wandb_mode
 from kxnet.train.module import KXNetModule
-from kxnet.train.run import _own_best, _remove_leftovers
 from test_atomic import dead_pid, leftover
 from trainhelp import QUIET, compose_train, run_train
 
@@ -138,35 +138,39 @@ def test_only_a_best_checkpoint_of_this_run_is_loaded(tmp_path, caplog):
         callback = SimpleNamespace(best_model_path=str(best), dirpath=str(own))
         return SimpleNamespace(checkpoint_callback=callback)
 
-    assert _own_best(trainer(own / "step0000004.ckpt")) == str(own / "step0000004.ckpt")
-    assert _own_best(trainer("")) == ""
+    assert own_best(trainer(own / "step0000004.ckpt")) == str(own / "step0000004.ckpt")
+    assert own_best(trainer("")) == ""
     # A resumed checkpoint's record can name any file: another run's, or one planted elsewhere.
     for elsewhere in (tmp_path / "other" / "checkpoints" / "best.ckpt", own / ".." / "x.ckpt"):
-        assert _own_best(trainer(elsewhere)) == ""
+        assert own_best(trainer(elsewhere)) == ""
     assert "is not in this run's" in caplog.text
-    assert _own_best(SimpleNamespace(checkpoint_callback=None)) == ""
+    assert own_best(SimpleNamespace(checkpoint_callback=None)) == ""
 
 
-def test_the_leftovers_of_killed_runs_are_removed_from_the_folders_a_run_writes(tmp_path):
-    cfg = compose_train(tmp_path / "run", f"paths.cache_dir={tmp_path / 'cache'}")
+def test_the_leftovers_of_killed_runs_are_removed_from_the_folders_a_run_writes(
+    tmp_path, tiny_benchmark
+):
+    cache = tmp_path / "cache"
+    cfg = compose_train(
+        tmp_path / "run", "debug=limit", *tiny_benchmark, f"paths.cache_dir={cache}", *QUIET
+    )
     dead = dead_pid()
     checkpoints = tmp_path / "run" / "checkpoints"
-    for folder in (checkpoints, tmp_path / "run" / "eval", tmp_path / "cache" / "Set5"):
+    for folder in (checkpoints, tmp_path / "run" / "eval" / "pictures", cache / "Set5"):
         folder.mkdir(parents=True)
     killed = [
         leftover(checkpoints, "last.ckpt", dead),
         leftover(tmp_path / "run", "weights.pt", dead),
-        leftover(tmp_path / "run" / "eval", "results.json", dead),
+        leftover(tmp_path / "run" / "eval" / "pictures", "baby.png", dead),
     ]
-    cached = leftover(tmp_path / "cache" / "Set5", "baby_k0.png", dead)
+    cached, old = (leftover(cache / "Set5", f"{name}_k0.png", dead) for name in ("baby", "bird"))
+    aged = time.time() - 2 * SHARED_AGE_S
+    os.utime(old, (aged, aged))
     live = leftover(checkpoints, "last.ckpt", os.getppid())
-    _remove_leftovers(cfg)
+    train(cfg)
     assert not any(p.exists() for p in killed) and live.exists()
     assert cached.exists(), "the shared cache: only leftovers untouched for a while"
-    old = time.time() - 2 * SHARED_AGE_S
-    os.utime(cached, (old, old))
-    _remove_leftovers(cfg)
-    assert not cached.exists()
+    assert not old.exists()
 
 
 def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):

@@ -19,6 +19,7 @@ __all__ = [
     "cpu_bf16",
     "native_bf16",
     "cpu_precision",
+    "device_note",
     "PRECISIONS",
     "inference_autocast",
 ]
@@ -68,6 +69,16 @@ def cpu_precision() -> str:
 
 
 PRECISIONS = ("32", "bf16")
+
+
+def device_note(device: torch.device) -> str:
+    """What a device computes in, for a run's log line: ``on cuda:0``, or the CPU's name and its
+    native bfloat16 (or that it has none)."""
+    if device.type != "cpu":
+        return f"on {device}"
+    bf16 = cpu_bf16()
+    native = f"native bfloat16 on this CPU: {', '.join(bf16)}" if bf16 else "no native bfloat16"
+    return f"{cpu_name()}, {native}"
 
 
 def inference_autocast(device: torch.device, precision: str) -> torch.autocast:

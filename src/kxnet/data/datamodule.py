@@ -43,6 +43,9 @@ __all__ = ["KXNetDataModule", "ShardSampler"]
 
 log = logging.getLogger(__name__)
 
+# The paper's training set: DIV2K (800 images) + Flickr2K (2650).
+PAPER_TRAIN_IMAGES = 3450
+
 
 class ShardSampler(DistributedSampler):
     """Indices ``rank, rank + world, …`` of a dataset: every item on exactly one rank, no padding.
@@ -85,6 +88,8 @@ class KXNetDataModule(pl.LightningDataModule):
         test_datasets: benchmark sets to test on; None: the paper's four, those missing under
             ``benchmark_dir`` skipped with a warning.
         val_noise, test_noise: their noise levels; ``None``: the paper's (0, and 15 in aniso).
+        paper_data: the run presents itself as the paper's: a training folder with fewer
+            images than DIV2K + Flickr2K is warned about.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class KXNetDataModule(pl.LightningDataModule):
         test_noise: Sequence[float] | None = None,
         pin_memory: bool = True,
         degradation: Mapping | None = None,
+        paper_data: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -209,21 +215,40 @@ class KXNetDataModule(pl.LightningDataModule):
             self._benchmarks(hp.test_datasets, hp.test_noise)
 
     def load_train_set(self) -> HRImageFolder:
-        """The training images, scanned and checked once (at start-up, or by ``setup``)."""
-        if self.train_set is None:
-            hp = self.hparams
-            holdout = hp.val_images if self._val_files() is None else 0
-            self.train_set = HRImageFolder(
-                self.train_dir,
-                self.hr_patch_size,
-                samples_per_epoch=hp.samples_per_epoch,
-                repeat=hp.repeat,
-                seed=self.seed,
-                cache_images=hp.cache_images,
-                check=hp.check,
-                holdout=holdout,
+        """The training images, scanned and checked once (at start-up, or by ``setup``): an
+        epoch must hold one global batch (StartupError), and a paper run on fewer images than
+        the paper's is warned about."""
+        if self.train_set is not None:
+            return self.train_set
+        hp = self.hparams
+        holdout = hp.val_images if self._val_files() is None else 0
+        train_set = HRImageFolder(
+            self.train_dir,
+            self.hr_patch_size,
+            samples_per_epoch=hp.samples_per_epoch,
+            repeat=hp.repeat,
+            seed=self.seed,
+            cache_images=hp.cache_images,
+            check=hp.check,
+            holdout=holdout,
+        )
+        images = len(train_set.images)
+        if len(train_set) < hp.batch_size:
+            raise StartupError(
+                f"data.batch_size={hp.batch_size} is more than the {len(train_set)} patches of an "
+                f"epoch ({images} images under {train_set.root}): lower data.batch_size, raise "
+                "data.repeat or data.samples_per_epoch, or add images"
             )
-        return self.train_set
+        if hp.paper_data and images < PAPER_TRAIN_IMAGES:
+            log.warning(
+                "paths.train_dir=%s holds %d usable images; the paper trains on %d (DIV2K + "
+                "Flickr2K, `make data`): results will not be the paper's",
+                train_set.root,
+                images,
+                PAPER_TRAIN_IMAGES,
+            )
+        self.train_set = train_set
+        return train_set
 
     def rank_batch_size(self, world_size: int) -> int:
         """Each rank's share of the global ``batch_size``; StartupError if it does not divide."""

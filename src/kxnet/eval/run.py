@@ -44,11 +44,10 @@ from kxnet.eval.per_image import (
     method_name,
     summarize,
 )
-from kxnet.hardware import PRECISIONS
 from kxnet.metrics import psnr
 from kxnet.nn import KXNet
 from kxnet.pictures import comparison_strip, kernel_strip
-from kxnet.startup import check_benchmarks, check_device, check_writable, positive_int
+from kxnet.startup import check_benchmarks, check_device, check_writable
 
 __all__ = [
     "EvalOptions",
@@ -86,29 +85,23 @@ class EvalOptions:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EvalOptions:
-        """The options of an ``eval`` config block; unknown keys are ignored."""
+        """The options of an ``eval`` config block, whose types and ranges the schema checked
+        (:class:`kxnet.schema.shared.EvalOptionsConfig`); unknown keys are ignored."""
 
         def listed(key: str, kind: Callable) -> tuple | None:
             value = cfg.get(key)
             return None if value is None else tuple(kind(v) for v in value)
 
-        precision = str(cfg.get("precision", "32"))
-        if precision not in PRECISIONS:
-            raise EvalError(
-                f"eval.precision={precision} is not a precision: use eval.precision=32 (the "
-                "paper's numbers) or eval.precision=bf16"
-            )
-
         return cls(
             datasets=listed("datasets", str),
             noise=listed("noise", float),
             device=str(cfg.get("device") or "auto"),
-            num_workers=positive_int(cfg.get("num_workers", 0), "eval.num_workers", 0),
-            warmup=positive_int(cfg.get("warmup", 0), "eval.warmup", 0),
+            num_workers=int(cfg.get("num_workers", 0)),
+            warmup=int(cfg.get("warmup", 0)),
             true_kernel=bool(cfg.get("true_kernel", False)),
             method=cfg.get("method"),
             progress=bool(cfg.get("progress", False)),
-            precision=precision,
+            precision=str(cfg.get("precision", "32")),
             self_ensemble=bool(cfg.get("self_ensemble", False)),
         )
 

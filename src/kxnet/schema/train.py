@@ -86,6 +86,7 @@ class DataConfig:
     test_datasets: list[str] | None = None
     test_noise: list[float] | None = None
     pin_memory: bool = MISSING
+    paper_data: bool = False
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from kxnet.data.synthesis import drawn_parameters
+from kxnet.instantiation import build
 from kxnet.loss import StageLoss
 from kxnet.metrics import PSNR, SSIM, KernelL1, KernelPSNR, psnr
 from kxnet.nn.kxnet import KXNet, KXNetOutput
@@ -156,6 +157,7 @@ class KXNetModule(pl.LightningModule):
             },
             logger=False,
         )
+        self._check_optim()
         self.loss = StageLoss(**self.hparams.loss)
         self.metrics = nn.ModuleDict()
         self._resumed_rng_states: dict[str, Any] | None = None
@@ -308,6 +310,17 @@ class KXNetModule(pl.LightningModule):
         step = self.global_step
         log_picture(self.loggers, f"{split}/pictures/{index}", strip, step, caption)
         log_picture(self.loggers, f"{split}/kernels/{index}", kernels_row, step, caption)
+
+    def _check_optim(self) -> None:
+        """The optimiser and its schedule build on a stand-in parameter: a value they refuse
+        (``optim.optimizer.lr=-1``) is one line when the module is built, not a traceback once
+        the Trainer starts."""
+        stand_in = [nn.Parameter(torch.zeros(1))]
+        optimizer = build(
+            self.hparams.optimizer, "optim.optimizer", params=stand_in, _convert_="all"
+        )
+        if self.hparams.scheduler:
+            build(self.hparams.scheduler, "optim.scheduler", optimizer=optimizer, _convert_="all")
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(

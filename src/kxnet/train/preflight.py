@@ -1,22 +1,20 @@
 """Start-up checks of ``python -m kxnet.train``: a run that cannot succeed is refused before it
 spends any GPU time.
 
-:func:`check_train` runs every check that needs no data to be read; :func:`check_training_data`
-then reads the training images' headers (through the data module, so that the scan is the one
-training uses). Each raises :class:`~kxnet.errors.StartupError` with a one-line message.
+:func:`check_train` runs every check that needs no data to be read, in one pass, and returns
+what it found (:class:`TrainPlan`); the data module then scans the training images itself
+(:meth:`~kxnet.data.datamodule.KXNetDataModule.load_train_set`). Each raises
+:class:`~kxnet.errors.StartupError` with a one-line message.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from kxnet.checkpoint import (
@@ -27,23 +25,16 @@ from kxnet.checkpoint import (
     read_checkpoint,
 )
 from kxnet.errors import CheckpointError, StartupError
+from kxnet.eval.run import EvalOptions, EvalPlan
 from kxnet.startup import (
-    check_benchmarks,
+    check_benchmark_lists,
     check_device,
     check_devices,
     check_patch,
     check_writable,
 )
 
-__all__ = [
-    "check_resume",
-    "check_training_source",
-    "warn_if_small",
-    "check_train",
-    "check_training_data",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["TrainPlan", "check_resume", "check_training_source", "check_train"]
 
 
 def check_resume(
@@ -89,19 +80,6 @@ def check_resume(
     return ckpt
 
 
-def _checkpoint_dirs(cfg: DictConfig) -> list[tuple[str, Any]]:
-    callbacks = cfg.get("callbacks") or {}
-    return [
-        (f"callbacks.{name}.dirpath", entry.dirpath)
-        for name, entry in callbacks.items()
-        if entry and entry.get("dirpath")
-    ]
-
-
-# The paper's training set: DIV2K (800 images) + Flickr2K (2650).
-PAPER_TRAIN_IMAGES = 3450
-
-
 def _given(overrides: Sequence[str], *keys: str) -> bool:
     return any(o.lstrip("+~").split("=")[0] in keys for o in overrides)
 
@@ -121,51 +99,28 @@ def check_training_source(cfg: DictConfig, overrides: Sequence[str]) -> None:
         )
 
 
-def warn_if_small(cfg: DictConfig, overrides: Sequence[str], images: int, root: Path) -> None:
-    """A paper run on a training folder given on the command line that is smaller than the
-    paper's is the user's choice: it goes on, with a warning."""
-    if cfg.get("paper_data") and images < PAPER_TRAIN_IMAGES:
-        log.warning(
-            "paths.train_dir=%s holds %d usable images; the paper trains on %d (DIV2K + "
-            "Flickr2K, `make data`): results will not be the paper's",
-            root,
-            images,
-            PAPER_TRAIN_IMAGES,
-        )
+@dataclass(frozen=True)
+class TrainPlan:
+    """What :func:`check_train` found: the folders the run writes (its output folder, the
+    evaluation's and the checkpoints'), the benchmark cache it shares, and its evaluation beside
+    bicubic (None: none)."""
+
+    folders: tuple[Path, ...]
+    cache_dir: Path
+    evaluation: EvalPlan | None
 
 
-def build(node: Mapping, key: str, **kwargs: Any) -> Any:
-    """``instantiate(node, **kwargs)``, where options that the target refuses are one line
-    naming ``key``: ``callbacks.model_checkpoint (…ModelCheckpoint) refuses its options: …``."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = str(err.__cause__ or err).strip().splitlines()[-1]
-        raise StartupError(f"{key} ({node.get('_target_')}) refuses its options: {cause}") from err
-
-
-def check_optim(optimizer: Mapping | None, scheduler: Any) -> None:
-    """The optimiser and its schedule (``_target_`` mappings, as the module builds them) build
-    on a stand-in parameter: a value they refuse (``optim.optimizer.lr=-1``) is one line at
-    start-up, not a traceback once the Trainer starts."""
-    if not isinstance(optimizer, Mapping):
-        return
-    stand_in = [torch.nn.Parameter(torch.zeros(1))]
-    built = build(optimizer, "optim.optimizer", params=stand_in, _convert_="all")
-    if isinstance(scheduler, Mapping):
-        build(scheduler, "optim.scheduler", optimizer=built, _convert_="all")
-
-
-def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """Everything ``python -m kxnet.train`` can check without reading data: the model and
-    patch sizes, the training data a paper run takes, the folders it writes, the checkpoint it
-    resumes, the optimiser, the benchmark sets. ``overrides`` is the command line."""
+def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainPlan:
+    """Everything ``python -m kxnet.train`` can check without reading data, in one pass: the
+    training data a paper run takes, the kernel and patch sizes, the checkpoint it resumes, the
+    devices, the folders it writes, the benchmark sets of validation, test and evaluation.
+    ``overrides`` is the command line. (The optimiser is checked by the module that builds it,
+    the training images by the data module's scan.)"""
     model = {key: cfg.model.net[key] for key in CONFIG_KEYS}
     training = model["stages"] > 0
+    ckpt_path = cfg.get("ckpt_path")
     if training:
         check_training_source(cfg, overrides)
-        check_patch(cfg.data.lr_patch_size, model["scale"], model["kernel_size"])
-        check_optim(cfg.model.optimizer, cfg.model.scheduler)
         data_p = cfg.data.kernel_size
         if data_p not in (None, model["kernel_size"]):
             raise StartupError(
@@ -173,37 +128,39 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
                 f"setting.kernel_size={data_p}: set setting.kernel_size={model['kernel_size']} "
                 "too, or leave model.net.kernel_size to follow the setting"
             )
-    devices = cfg.trainer.devices
-    if devices is not None:
-        check_devices(devices)
-    check_writable(cfg.paths.output_dir, "paths.output_dir")
-    for option, folder in _checkpoint_dirs(cfg) if training else []:
+        if ckpt_path:
+            check_resume(ckpt_path, model)
+    options = EvalOptions.from_config(cfg.eval) if cfg.get("eval") else None
+    if training:
+        check_patch(cfg.data.lr_patch_size, model["scale"], model["kernel_size"])
+    if cfg.trainer.devices is not None:
+        check_devices(cfg.trainer.devices)
+    device = check_device(options.device, "eval.device") if options else None
+    out = Path(cfg.paths.output_dir)
+    written = {"paths.output_dir": out, "paths.cache_dir": Path(cfg.paths.cache_dir)}
+    if training:
+        callbacks = cfg.get("callbacks") or {}
+        written |= {
+            f"callbacks.{name}.dirpath": Path(entry.dirpath)
+            for name, entry in callbacks.items()
+            if entry and entry.get("dirpath")
+        }
+    for option, folder in written.items():
         check_writable(folder, option)
-    check_writable(cfg.paths.cache_dir, "paths.cache_dir")
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and training:
-        check_resume(ckpt_path, model)
-    benchmarks = Path(cfg.data.benchmark_dir)
-    validating = cfg.trainer.limit_val_batches != 0
-    if training and validating and cfg.data.val_datasets:
-        check_benchmarks(benchmarks, list(cfg.data.val_datasets), "data.val_datasets")
-    if cfg.get("eval"):
-        check_device(str(cfg.eval.get("device") or "auto"), "eval.device")
+    wanted: dict[str, list[str] | None] = {}
+    if training and cfg.trainer.limit_val_batches != 0 and cfg.data.val_datasets:
+        wanted["data.val_datasets"] = list(cfg.data.val_datasets)
     if cfg.get("test"):
         names = cfg.data.test_datasets
-        check_benchmarks(benchmarks, None if names is None else list(names), "data.test_datasets")
-
-
-def check_training_data(datamodule: Any, cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """Read the training images' headers (the data module's own scan, kept for training) and
-    check that an epoch holds one batch (that the batch divides over the ranks is checked once
-    the Trainer knows them)."""
-    train_set = datamodule.load_train_set()
-    warn_if_small(cfg, overrides, len(train_set.images), train_set.root)
-    batch = datamodule.hparams.batch_size
-    if len(train_set) < batch:
-        raise StartupError(
-            f"data.batch_size={batch} is more than the {len(train_set)} patches of an epoch "
-            f"({len(train_set.images)} images under {train_set.root}): lower data.batch_size, "
-            "raise data.repeat or data.samples_per_epoch, or add images"
-        )
+        wanted["data.test_datasets"] = None if names is None else list(names)
+    if options:
+        wanted["eval.datasets"] = None if options.datasets is None else list(options.datasets)
+    benchmark_dir = Path(cfg.data.benchmark_dir)
+    present = check_benchmark_lists(benchmark_dir, wanted)
+    cache_dir = written.pop("paths.cache_dir")
+    evaluation = None
+    if options:
+        sets = tuple(present["eval.datasets"])
+        evaluation = EvalPlan(options, device, benchmark_dir, cache_dir, sets)
+    eval_dirs = (out / "eval", out / "eval" / "bicubic", out / "eval" / "pictures")
+    return TrainPlan((*written.values(), *eval_dirs), cache_dir, evaluation)
