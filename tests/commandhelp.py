@@ -1,5 +1,6 @@
 """Running ``kxnet.eval`` and ``kxnet.predict`` in-process on the config their ``main()`` hands
-over (:func:`kxnet.config.checked`), with the exit status the command would give."""
+over (:func:`kxnet.config.checked`, then :func:`kxnet.schema.typed`), with the exit status the
+command would give."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from kxnet.config import check_command_line, checked
 from kxnet.errors import USER_ERRORS, report_error
 from kxnet.eval import run as eval_run
 from kxnet.predict import prediction
+from kxnet.schema import typed
 
 
 def _checked(app: str, overrides: Sequence[str]):
     check_command_line(app, overrides)  # a value the schema refuses: one line, as main() says
     with initialize_config_module(f"kxnet.conf.{app}", version_base="1.3"):
-        return checked(compose(app, overrides=list(overrides)))
+        return typed(checked(compose(app, overrides=list(overrides))), app)
 
 
 def run_eval(overrides: Sequence[str]) -> int:
@@ -26,10 +28,10 @@ def run_eval(overrides: Sequence[str]) -> int:
     if not any(o.startswith("paths.output_dir=") for o in overrides):
         overrides = [*overrides, f"paths.output_dir={tempfile.mkdtemp(prefix='eval-')}"]
     try:
-        cfg = _checked("eval", overrides)
+        config = _checked("eval", overrides)
     except USER_ERRORS as err:
         return report_error(err)
-    return eval_run.run(cfg, overrides)
+    return eval_run.run(config, overrides)
 
 
 def run_predict(overrides: Sequence[str]) -> int:
@@ -38,7 +40,7 @@ def run_predict(overrides: Sequence[str]) -> int:
     output = [o.split("=", 1)[1] for o in overrides if o.startswith("output=")]
     run_folder = [f"paths.output_dir={output[0]}"] if output else []
     try:
-        cfg = _checked("predict", [*run_folder, *overrides])
+        config = _checked("predict", [*run_folder, *overrides])
     except USER_ERRORS as err:
         return report_error(err)
-    return prediction.run(cfg)
+    return prediction.run(config)

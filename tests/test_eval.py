@@ -19,6 +19,7 @@ from kxnet.config import project_root
 from kxnet.data.benchmarks import BenchmarkSet
 from kxnet.eval.report import PAPER_TABLES
 from kxnet.nn import KXNet
+from kxnet.schema import typed
 from test_atomic import dead_pid, leftover
 
 REPO = project_root()
@@ -210,7 +211,7 @@ def test_lightning_checkpoint_of_a_training_run(tmp_path, tiny_bench):
         "data.test_datasets=[Tiny]",
         *QUIET,
     )
-    train(cfg)
+    train(typed(cfg, "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     overrides = _overrides(tmp_path, tiny_bench, f"ckpt_path={ckpt}", "eval.warmup=0")
     assert _run(overrides) == 0

@@ -34,6 +34,7 @@ from kxnet import atomic
 from kxnet.data.hr_dataset import EpochSampler
 from kxnet.data.resumable import ResumableDataLoader
 from kxnet.errors import DataError, DivergedError, StartupError, one_line_errors
+from kxnet.schema import typed
 from kxnet.train import train
 from kxnet.train.atomic_checkpoints import AtomicCheckpointIO
 from trainhelp import QUIET, compose_train
@@ -111,7 +112,7 @@ def _image(path: Path, size: int) -> None:
 def trained(tmp_path_factory) -> Path:
     """A real two-step run of a one-stage x2 iso network: its folder (checkpoints, weights.pt)."""
     out = tmp_path_factory.mktemp("trained")
-    train(compose_train(out, *TINY, "trainer.max_steps=2", *QUIET))
+    train(typed(compose_train(out, *TINY, "trainer.max_steps=2", *QUIET), "train"))
     return out
 
 
@@ -193,7 +194,7 @@ def test_every_start_up_check_stops_in_process_with_one_line(tmp_path, trained):
     for name, (overrides, pattern) in _bad_runs(tmp_path, trained).items():
         out = tmp_path / "out" / name.replace(" ", "_")
         with pytest.raises((StartupError, DataError)) as caught:
-            train(compose_train(out, *TINY, *overrides, *QUIET))
+            train(typed(compose_train(out, *TINY, *overrides, *QUIET), "train"))
         message = str(caught.value)
         assert "\n" not in message, name
         assert re.search(pattern, message), f"{name}: {message}"
@@ -460,7 +461,7 @@ def _nan_run(out: Path, steps: list[int], *overrides: str) -> dict:
         *overrides,
         *QUIET,
     )
-    train(cfg)
+    train(typed(cfg, "train"))
     return torch.load(out / "probe.pt", weights_only=True)
 
 

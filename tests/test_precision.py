@@ -4,6 +4,7 @@ only them; the CPU's native bfloat16 is detected; bfloat16 inference is an optio
 import torch
 
 from kxnet import hardware
+from kxnet.schema import typed
 from kxnet.train import train
 from trainhelp import QUIET, DtypeProbe, compose_train
 
@@ -19,7 +20,7 @@ def _first_step_dtypes(tmp_path, tiny_benchmark, precision):
         *tiny_benchmark,
         *QUIET,
     )
-    train(cfg)
+    train(typed(cfg, "train"))
     return DtypeProbe.seen
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from faultinject import FinalLR
+from kxnet.schema import typed
 from kxnet.train import train
 from kxnet.train.ema import WeightEMA, keep_the_better
 from kxnet.train.schedule import BudgetCosineLR, seconds
@@ -112,7 +113,7 @@ def test_a_slowed_training_run_still_ends_its_decay_when_its_time_is_up(tmp_path
         *tiny_benchmark,
         *QUIET,
     )
-    train(cfg)
+    train(typed(cfg, "train"))
     assert 1 <= FinalLR.seen["steps"] < 100
     assert FinalLR.seen["lr"] < ETA_MIN + 0.05 * (LR - ETA_MIN)
 
@@ -156,7 +157,7 @@ def test_a_run_with_the_average_exports_the_better_on_validation(tmp_path, tiny_
         *QUIET,
     )
     with caplog.at_level(logging.INFO, logger="kxnet.train.ema"):
-        train(cfg)
+        train(typed(cfg, "train"))
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)["state_dict"]
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     averaged, raw = last["state_dict"], last["current_model_state"]

@@ -4,7 +4,11 @@ it composes; the ranges are checked in one pass; every path option is taken agai
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -15,11 +19,12 @@ from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from kxnet import description
+from kxnet import description, schema
 from kxnet.config import check_command_line, checked, project_root
 from kxnet.description import ModelDescription
 from kxnet.errors import StartupError
-from kxnet.schema import check_ranges
+from kxnet.schema import SCHEMAS, check_ranges, typed
+from kxnet.schema.shared import PathsConfig
 from trainhelp import QUIET
 
 
@@ -144,6 +149,59 @@ def test_the_enums_reach_the_code_as_plain_values(tmp_path):
     cfg = checked(_compose("train", f"paths.output_dir={tmp_path}", "setting=aniso", "scale=3"))
     assert type(cfg.scale) is int and type(cfg.model.net.setting) is str
     assert OmegaConf.to_container(cfg)["trainer"]["precision"] == "32-true"
+
+
+@pytest.mark.parametrize("app", ["train", "eval", "predict", "bench"])
+def test_each_command_receives_an_instance_of_its_schema_with_plain_values(tmp_path, app):
+    extra = {"train": ["setting=aniso", "scale=3"], "eval": ["scale=4"], "predict": ["input=x"]}
+    cfg = checked(_compose(app, f"paths.output_dir={tmp_path}", *extra.get(app, [])))
+    config = typed(cfg, app)
+    assert type(config) is SCHEMAS[app]
+    assert type(config.paths) is PathsConfig and config.paths.output_dir == str(tmp_path)
+    plain = dataclasses.asdict(config)
+    assert plain == schema.plain_values(plain), "no enum member left in a field"
+    assert OmegaConf.to_container(cfg) == plain
+    if app == "train":
+        assert (config.scale, config.setting.name, config.trainer.precision) == (
+            3,
+            "aniso",
+            "32-true",
+        )
+        assert config.data.kernel_size == 15 and type(config.scale) is int
+
+
+COMMANDS = ("train", "eval", "predict", "bench")
+
+
+def test_nothing_below_a_commands_main_takes_a_dictconfig():
+    """Every function and method of the command packages (``__main__`` apart) takes typed options,
+    never a ``DictConfig`` nor a parameter named ``cfg``; Hydra's own callback API excepted."""
+    offenders = []
+    for command in COMMANDS:
+        package = importlib.import_module(f"kxnet.{command}")
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name == "__main__":
+                continue
+            module = importlib.import_module(f"kxnet.{command}.{info.name}")
+            for name, fn in _functions(module):
+                signature = inspect.signature(fn)
+                for parameter in signature.parameters.values():
+                    hint = str(parameter.annotation)
+                    if parameter.name == "cfg" or "DictConfig" in hint:
+                        offenders.append(f"{module.__name__}.{name}({parameter.name})")
+    assert offenders == ["kxnet.eval.report.PaperTableCallback.on_multirun_end(config)"]
+
+
+def _functions(module):
+    """The functions and methods defined in ``module``."""
+    for name, value in vars(module).items():
+        if inspect.isfunction(value) and value.__module__ == module.__name__:
+            yield name, value
+        elif inspect.isclass(value) and value.__module__ == module.__name__:
+            for method, fn in vars(value).items():
+                fn = fn.__func__ if isinstance(fn, classmethod | staticmethod) else fn
+                if inspect.isfunction(fn):
+                    yield f"{name}.{method}", fn
 
 
 def test_the_model_description_is_the_one_place_of_scales_and_settings():

@@ -32,6 +32,7 @@ from kxnet.errors import ImageFolderError, StartupError
 from kxnet.eval import run as evaluation_run
 from kxnet.metrics import psnr
 from kxnet.pictures import comparison_strip
+from kxnet.schema import typed
 from kxnet.train import train
 from kxnet.train.finish import own_best
 from kxnet.train.loggers import default_wandb_mode
@@ -64,7 +65,7 @@ def test_fast_dev_run_for_every_setting_and_scale(tmp_path, tiny_benchmark, sett
         *tiny_benchmark,
         *QUIET,
     )
-    assert train(cfg) is not None
+    assert train(typed(cfg, "train")) is not None
     weights = _weights(tmp_path)
     assert weights["config"]["scale"] == scale and weights["config"]["setting"] == setting
     assert _loads(weights).kernel_size == cfg.setting.kernel_size
@@ -86,7 +87,7 @@ def _run(out: Path, bench: list[str], *overrides: str) -> float:
         *QUIET,
         *overrides,
     )
-    return train(cfg)
+    return train(typed(cfg, "train"))
 
 
 def _spy_on_loading(monkeypatch) -> list[tuple[str, object, object]]:
@@ -167,7 +168,7 @@ def test_the_leftovers_of_killed_runs_are_removed_from_the_folders_a_run_writes(
     aged = time.time() - 2 * SHARED_AGE_S
     os.utime(old, (aged, aged))
     live = leftover(checkpoints, "last.ckpt", os.getppid())
-    train(cfg)
+    train(typed(cfg, "train"))
     assert not any(p.exists() for p in killed) and live.exists()
     assert cached.exists(), "the shared cache: only leftovers untouched for a while"
     assert not old.exists()
@@ -175,7 +176,7 @@ def test_the_leftovers_of_killed_runs_are_removed_from_the_folders_a_run_writes(
 
 def test_zero_stages_is_tested_without_training(tmp_path, tiny_benchmark):
     cfg = compose_train(tmp_path, "debug=limit", "model.net.stages=0", *tiny_benchmark, *QUIET)
-    assert train(cfg) is None
+    assert train(typed(cfg, "train")) is None
     assert not (tmp_path / "checkpoints").exists()
     assert _loads(_weights(tmp_path)).num_stages == 0
 
@@ -190,7 +191,7 @@ def test_csv_and_tensorboard_loggers_get_the_pictures_and_histograms(tmp_path, t
         *tiny_benchmark,
         *QUIET,
     )
-    train(cfg)
+    train(typed(cfg, "train"))
     pngs = sorted(p.name for p in (tmp_path / "csv" / "version_0" / "images").glob("*.png"))
     assert pngs == [
         "test_kernels_0_step0000002.png",
@@ -342,7 +343,7 @@ def test_a_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path, tiny_b
         *QUIET,
     )
     with pytest.raises(StartupError, match=r"data\.batch_size=5 .* 2 DDP ranks"):
-        train(cfg)
+        train(typed(cfg, "train"))
 
 
 @pytest.mark.slow
@@ -388,7 +389,7 @@ def test_evaluation_after_training_beside_bicubic(tmp_path, tiny_benchmark, caps
     monkeypatch.setattr(evaluation_run, "comparison_strip", spy)
     eval_cfg = "eval={datasets: [Tiny], noise: [0], device: cpu, num_workers: 0}"
     cfg = compose_train(tmp_path, "debug=limit", eval_cfg, *tiny_benchmark, *QUIET)
-    train(cfg)
+    train(typed(cfg, "train"))
     table = capsys.readouterr().out
     assert "Tiny x2 Setting 1, noise 0:" in table and "bicubic" in table and " dB" in table
     ours = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -461,12 +462,12 @@ def test_paper_presets_refuse_the_bundled_t91(tmp_path, preset):
         tmp_path, f"experiment={preset}", "paths.train_dir=${paths.bundled_train_dir}"
     )
     with pytest.raises(StartupError, match=r"bundled T91 .*paper's.*`make data`"):
-        train(cfg)
+        train(typed(cfg, "train"))
     # by default they train on the prepared DIV2K + Flickr2K, which `make data` makes
     elsewhere = [f"paths.data_dir={tmp_path}/data", "paths.benchmark_dir=data/benchmarks"]
     missing = compose_train(tmp_path, f"experiment={preset}", *elsewhere)
     with pytest.raises(ImageFolderError, match=r"_prepared does not exist.*make data"):
-        train(missing)
+        train(typed(missing, "train"))
 
 
 def test_a_training_folder_given_on_the_command_line_is_used_with_a_warning(tmp_path):
@@ -509,7 +510,7 @@ def test_the_quick_preset_runs_on_the_bundled_data_and_validates_on_held_out_ima
         "eval=null",
         *QUIET,
     )
-    assert train(cfg) is not None
+    assert train(typed(cfg, "train")) is not None
     metrics = (next((tmp_path / "csv").rglob("metrics.csv"))).read_text()
     assert "val/train_heldout/psnr" in metrics and "val/Set5" not in metrics
 
@@ -530,7 +531,7 @@ def test_the_last_checkpoint_is_exported_and_tested_not_the_best(tmp_path, tiny_
         *QUIET,
     )
     assert cfg.export == "last"
-    train(cfg)
+    train(typed(cfg, "train"))
     best_path = next(p for p in (tmp_path / "checkpoints").glob("step*.ckpt"))
     assert not best_path.name.startswith("step0000006"), "validation did not get worse"
     weights = _weights(tmp_path)["state_dict"]
@@ -546,7 +547,7 @@ def test_the_last_checkpoint_is_exported_and_tested_not_the_best(tmp_path, tiny_
         cfg.callbacks.model_checkpoint.dirpath = str(tmp_path / "best" / "checkpoints")
         cfg.callbacks.last_checkpoint.dirpath = str(tmp_path / "best" / "checkpoints")
         cfg.export = "best"
-    train(cfg)
+    train(typed(cfg, "train"))
     best_path = next(p for p in (tmp_path / "best" / "checkpoints").glob("step*.ckpt"))
     best = torch.load(best_path, weights_only=True)["state_dict"]
     exported = _weights(tmp_path / "best")["state_dict"]
@@ -572,7 +573,7 @@ def test_validation_with_one_or_two_ranks_gives_the_same_figures(tmp_path, tiny_
     """Three held-out images (an odd count: the ranks take 2 and 1): every item once."""
     extra = ["data.val_images=3", "data.val_datasets=[]"]
     cfg = compose_train(tmp_path, "debug=limit", *tiny_benchmark, *extra, *QUIET)
-    train(cfg)
+    train(typed(cfg, "train"))
     module = KXNetModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     datamodule = instantiate(cfg.data, _convert_="all")
     one = _validate(module, datamodule, devices=1)

@@ -307,23 +307,25 @@ def checked(cfg: DictConfig) -> DictConfig:
     return plain
 
 
-def command(app: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Make a task function ``task(cfg)`` the ``main()`` of ``python -m kxnet.<app>``: Hydra's
-    main on ``app``'s config, the composed config checked and made plain by :func:`checked`,
-    every user error (:data:`kxnet.errors.USER_ERRORS`, and a command line that does not
-    compose, a value its schema refuses included) one line on stderr with exit status 2 (1 for
-    a run that failed after it had started), Ctrl-C one line with exit status 130;
-    ``HYDRA_FULL_ERROR=1`` shows the traceback.
+def command(app: str) -> Callable[[Callable[[Any], Any]], Callable[[], Any]]:
+    """Make a task function ``task(config)`` the ``main()`` of ``python -m kxnet.<app>``: Hydra's
+    main on ``app``'s config, the composed config checked and made plain by :func:`checked`, then
+    handed over typed, as an instance of the command's schema (:func:`kxnet.schema.typed`:
+    ``TrainConfig``, ``EvalConfig``, ``PredictConfig``, ``BenchConfig``). Every user error
+    (:data:`kxnet.errors.USER_ERRORS`, and a command line that does not compose, a value its
+    schema refuses included) is one line on stderr with exit status 2 (1 for a run that failed
+    after it had started), Ctrl-C one line with exit status 130; ``HYDRA_FULL_ERROR=1`` shows
+    the traceback.
 
     Hydra prints an exception raised by a task function with its own traceback and exits with
     1, so the conversion happens inside the task function.
     """
 
-    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    def decorate(task: Callable[[Any], Any]) -> Callable[[], Any]:
         @hydra.main(version_base="1.3", config_path=config_path(app), config_name=app)
         def hydra_main(cfg: DictConfig) -> Any:
             with one_line_errors():
-                return task(checked(cfg))
+                return task(schema.typed(checked(cfg), app))
 
         @functools.wraps(task)
         def main() -> Any:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -214,15 +215,15 @@ def resolve_weights(
     return path, {**asked, **fixed}
 
 
-def asked_properties(config: Mapping) -> dict:
-    """The model properties a command's config sets (``scale``, ``setting.name``,
+def asked_properties(config: Any) -> dict:
+    """The model properties a command's typed config sets (``scale``, ``setting.name``,
     ``model.net.stages``, ``model.net.kernel_size``; None: unset, the checkpoint's)."""
-    setting = config["setting"]
+    setting = config.setting
     return {
-        "scale": config["scale"],
-        "setting": setting["name"] if setting else None,
-        "stages": config["model"]["net"]["stages"],
-        "kernel_size": config["model"]["net"]["kernel_size"],
+        "scale": config.scale,
+        "setting": setting.name if setting else None,
+        "stages": config.model.net.stages,
+        "kernel_size": config.model.net.kernel_size,
     }
 
 

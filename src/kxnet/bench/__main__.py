@@ -12,23 +12,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig
 from rich.console import Console
 
 from kxnet.atomic import atomic_write
 from kxnet.bench.runner import run
 from kxnet.config import command
+from kxnet.schema.commands import BenchConfig
 
 
 @command("bench")
-def main(cfg: DictConfig) -> None:
-    """Measure with the composed config (checked, plain); writes bench.json."""
+def main(config: BenchConfig) -> None:
+    """Measure with the composed config (checked, typed); writes bench.json."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    report = run(cfg, console)
+    report = run(config, console)
     out = atomic_write(
-        Path(cfg.paths.output_dir) / "bench.json", json.dumps(report, indent=2, default=float)
+        Path(config.paths.output_dir) / "bench.json", json.dumps(report, indent=2, default=float)
     )
     console.print(f"wrote {out}")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
 
 from kxnet import kernels, physics
 from kxnet.bench import measure, variants
@@ -14,6 +13,7 @@ from kxnet.bench.backends import BACKENDS
 from kxnet.config import resolve_path
 from kxnet.data.images import read_image
 from kxnet.errors import StartupError
+from kxnet.schema.commands import BenchConfig
 
 __all__ = [
     "PHASES",
@@ -39,16 +39,18 @@ PHASES = (
 )
 
 
-def infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
+def infer_input(config: BenchConfig) -> tuple[torch.Tensor, str]:
     """The benchmark image, mod-cropped, blurred by a test kernel, downsampled, 8-bit: 1×3×h×w."""
-    path = resolve_path(cfg.infer.image, resolve_path(cfg.paths.benchmark_dir, cfg.paths.root_dir))
+    path = resolve_path(
+        config.infer.image, resolve_path(config.paths.benchmark_dir, config.paths.root_dir)
+    )
     if not path.is_file():
         raise StartupError(
             f"infer.image: {path} does not exist; name an image under paths.benchmark_dir"
         )
-    s = cfg.scale
-    bank, _ = kernels.test_bank(cfg.setting.name, s, dtype=torch.float32)
-    index = cfg.infer.kernel_index
+    s = config.scale
+    bank, _ = kernels.test_bank(config.setting.name, s, dtype=torch.float32)
+    index = config.infer.kernel_index
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(bank):
         raise StartupError(f"infer.kernel_index must be in 0…{len(bank) - 1}, got {index}")
     hr = read_image(path).unsqueeze(0)
@@ -57,63 +59,63 @@ def infer_input(cfg: DictConfig) -> tuple[torch.Tensor, str]:
     return (lr * 255).round().clamp(0, 255) / 255, str(path)
 
 
-def check(cfg: DictConfig) -> None:
+def check(config: BenchConfig) -> None:
     """Every option that can be checked before measuring: StartupError (one line) if not."""
-    phases = cfg.phases
-    if not isinstance(phases, ListConfig | list) or not phases or set(phases) - set(PHASES):
+    phases = config.phases
+    if not isinstance(phases, list) or not phases or set(phases) - set(PHASES):
         raise StartupError(f"phases must be a non-empty list of {list(PHASES)}, got {phases}")
-    precisions = cfg.precisions
+    precisions = config.precisions
     if (
-        not isinstance(precisions, ListConfig | list)
+        not isinstance(precisions, list)
         or "float32" not in precisions
         or (set(precisions) - set(variants.DTYPES))
     ):
         raise StartupError(
             f"precisions must list float32 and any of {sorted(variants.DTYPES)}, got {precisions}"
         )
-    if cfg.model.net.stages == 0:
+    if config.model.net.stages == 0:
         raise StartupError(
             "model.net.stages=0 has no stage to train: set model.net.stages=1 or more"
         )
     presets = measure.run_isolated(variants.degradation_presets) if "synthesis" in phases else []
-    for name in cfg.degradations if presets else []:
+    for name in config.degradations if presets else []:
         if name not in presets:
             raise StartupError(
                 f"degradations: no data/degradation preset {name!r} ({', '.join(presets)})"
             )
-    p = int(cfg.model.net.kernel_size)
-    if cfg.lr_size * cfg.scale <= p // 2:
+    p = int(config.model.net.kernel_size)
+    if config.lr_size * config.scale <= p // 2:
         raise StartupError(
-            f"lr_size={cfg.lr_size} is too small for kernel size {p} at x{cfg.scale}: set "
-            f"lr_size={(p // 2) // cfg.scale + 1} or more"
+            f"lr_size={config.lr_size} is too small for kernel size {p} at x{config.scale}: set "
+            f"lr_size={(p // 2) // config.scale + 1} or more"
         )
 
 
-def sides(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor | None) -> tuple:
+def sides(config: BenchConfig, device: torch.device, infer_lr: torch.Tensor | None) -> tuple:
     """The specs of ours (as configured, float32) and of the authors' formulation."""
-    p = int(cfg.model.net.kernel_size)
+    p = int(config.model.net.kernel_size)
     common = {
         "device": str(device),
-        "threads": cfg.threads,
-        "seed": int(cfg.seed),
-        "scale": int(cfg.scale),
-        "setting": str(cfg.setting.name),
+        "threads": config.threads,
+        "seed": int(config.seed),
+        "scale": int(config.scale),
+        "setting": str(config.setting.name),
         "kernel_size": p,
-        "sigma_range": [float(v) for v in cfg.setting.sigma_range],
-        "noise_max": float(cfg.setting.noise_max),
-        "stages": int(cfg.model.net.stages),
-        "batch": int(cfg.batch),
-        "lr_size": int(cfg.lr_size),
+        "sigma_range": [float(v) for v in config.setting.sigma_range],
+        "noise_max": float(config.setting.noise_max),
+        "stages": int(config.model.net.stages),
+        "batch": int(config.batch),
+        "lr_size": int(config.lr_size),
         "dtype": "float32",
         "infer_lr": infer_lr,
         "degradation": "paper",
     }
     ours = common | {
         "formulation": "ours",
-        "checkpoint_stages": bool(cfg.model.net.checkpoint_stages),
-        "channels_last": bool(cfg.model.net.channels_last),
-        "recompute_data_terms": bool(cfg.model.net.recompute_data_terms),
-        "compile": cfg.model.net.compile,
+        "checkpoint_stages": bool(config.model.net.checkpoint_stages),
+        "channels_last": bool(config.model.net.channels_last),
+        "recompute_data_terms": bool(config.model.net.recompute_data_terms),
+        "compile": config.model.net.compile,
     }
     theirs = common | {
         "formulation": "authors",
@@ -126,35 +128,39 @@ def sides(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor | None) 
     return ours, theirs
 
 
-def phases(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dict[str, dict]:
+def phases(config: BenchConfig, device: torch.device, infer_lr: torch.Tensor) -> dict[str, dict]:
     """Every phase of the run and its variants: ``{phase: {variant: picklable spec}}``."""
-    ours, theirs = sides(cfg, device, infer_lr)
+    ours, theirs = sides(config, device, infer_lr)
     ours_variants = {}
-    for precision in cfg.precisions:
-        compiled = [False, ours["compile"] or True] if cfg.compare.compile else [ours["compile"]]
+    for precision in config.precisions:
+        compiled = [False, ours["compile"] or True] if config.compare.compile else [ours["compile"]]
         for mode in dict.fromkeys(compiled):
             name = "kxnet" + variants.SHORT[precision] + ("_compiled" if mode else "")
             ours_variants[name] = ours | {"dtype": str(precision), "compile": mode}
-    both = ours_variants | ({"authors": theirs} if cfg.compare.authors else {})
+    both = ours_variants | ({"authors": theirs} if config.compare.authors else {})
     planned: dict[str, dict[str, dict]] = {}
     for phase in ("train", "infer"):
-        if phase in cfg.phases:
+        if phase in config.phases:
             planned[phase] = {side: spec | {"kind": phase} for side, spec in both.items()}
-    if "synthesis" in cfg.phases:
+    if "synthesis" in config.phases:
         presets = {
             "kxnet" if name == "paper" else f"kxnet_{name}": ours
             | {"kind": "synthesis", "degradation": str(name)}
-            for name in cfg.degradations
+            for name in config.degradations
         }
-        pair = {"authors": theirs | {"kind": "synthesis"}} if cfg.compare.authors else {}
+        pair = {"authors": theirs | {"kind": "synthesis"}} if config.compare.authors else {}
         planned["synthesis"] = presets | pair
-    if "train" in planned and cfg.compare.checkpointing and not cfg.model.net.checkpoint_stages:
+    if (
+        "train" in planned
+        and config.compare.checkpointing
+        and not config.model.net.checkpoint_stages
+    ):
         checkpointed = ours | {"kind": "train", "checkpoint_stages": True}
         planned["train"] = {
             "kxnet": planned["train"]["kxnet"],
             "kxnet_checkpointed": checkpointed,
         } | planned["train"]
-    if "hot_spots" in cfg.phases:
+    if "hot_spots" in config.phases:
         for name in variants.HOT_SPOTS:
             planned[f"hot_spot/{name}"] = {
                 side: spec | {"kind": "hot_spot", "hot_spot": name, "dtype": "float32"}
@@ -163,39 +169,39 @@ def phases(cfg: DictConfig, device: torch.device, infer_lr: torch.Tensor) -> dic
     return planned
 
 
-def conv_spec(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def conv_spec(config: BenchConfig, device: torch.device) -> dict[str, Any]:
     return {
         "device": str(device),
-        "threads": cfg.threads,
-        "scale": int(cfg.scale),
-        "batch": int(cfg.batch),
-        "lr_size": int(cfg.lr_size),
-        "precisions": list(cfg.precisions),
-        "warmup": int(cfg.conv.warmup),
-        "repeats": int(cfg.conv.repeats),
-        "matmul_size": int(cfg.matmul_size),
+        "threads": config.threads,
+        "scale": int(config.scale),
+        "batch": int(config.batch),
+        "lr_size": int(config.lr_size),
+        "precisions": list(config.precisions),
+        "warmup": int(config.conv.warmup),
+        "repeats": int(config.conv.repeats),
+        "matmul_size": int(config.matmul_size),
     }
 
 
-def profile_specs(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, Any]]:
+def profile_specs(config: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
     """The profile phase: our training step in each precision of ``precisions``."""
-    ours, _ = sides(cfg, device, None)
-    reps = {"warmup": int(cfg.profile.warmup), "repeats": int(cfg.profile.repeats)}
+    ours, _ = sides(config, device, None)
+    reps = {"warmup": int(config.profile.warmup), "repeats": int(config.profile.repeats)}
     return {
         str(precision): ours | reps | {"dtype": str(precision), "compile": False}
-        for precision in cfg.precisions
+        for precision in config.precisions
     }
 
 
-def backend_specs(cfg: DictConfig, device: torch.device) -> dict[str, dict[str, Any]]:
+def backend_specs(config: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
     """The backends phase: one image of ``backends.lr_size``² LR pixels through each backend of
     :data:`kxnet.bench.backends.BACKENDS` (CPU)."""
-    ours, theirs = sides(cfg, device, None)
+    ours, theirs = sides(config, device, None)
     common = {
         "device": "cpu",
-        "image_size": int(cfg.backends.lr_size),
-        "warmup": int(cfg.backends.warmup),
-        "repeats": int(cfg.backends.repeats),
+        "image_size": int(config.backends.lr_size),
+        "warmup": int(config.backends.warmup),
+        "repeats": int(config.backends.repeats),
         "checkpoint_stages": False,
     }
     specs = {}

@@ -29,41 +29,42 @@ tables; :func:`run` returns the report that the command writes to ``bench.json``
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from kxnet import hardware
 from kxnet.bench import formulations, loader, measure, plan, scaling, tables
 from kxnet.bench.backends import export_for, measure_backend
 from kxnet.bench.variants import measure_phase, measure_profile, measure_rss
+from kxnet.schema.commands import BenchConfig
 from kxnet.startup import check_device
 
 __all__ = ["run"]
 
 
-def _scaling(cfg: DictConfig, device: torch.device, console: Console) -> dict[str, Any]:
+def _scaling(config: BenchConfig, device: torch.device, console: Console) -> dict[str, Any]:
     """The scaling sweep (:mod:`kxnet.bench.scaling`): every point a training step in a process
     of its own, then the fits and the paper configuration read off them."""
-    spec = cfg.scaling
+    spec = config.scaling
     base = {
-        "stages": int(cfg.model.net.stages),
-        "lr_size": int(cfg.lr_size),
-        "batch": int(cfg.batch),
+        "stages": int(config.model.net.stages),
+        "lr_size": int(config.lr_size),
+        "batch": int(config.batch),
     }
     sweep = {"stages": spec.stages, "lr_size": spec.lr_sizes, "batch": spec.batches}
-    base_spec = plan.sides(cfg, device, None)[0] | {"kind": "train"}
+    base_spec = plan.sides(config, device, None)[0] | {"kind": "train"}
     common = {
         "device": str(device),
-        "threads": cfg.threads,
+        "threads": config.threads,
         "precisions": [str(spec.precision)],
         "warmup": int(spec.warmup),
         "repeats": int(spec.repeats),
         "matmul_peak": False,
-        "matmul_size": int(cfg.matmul_size),
+        "matmul_size": int(config.matmul_size),
     }
     measured = {}
     for name, point in scaling.points(base, sweep, list(spec.checkpointing)).items():
@@ -86,12 +87,12 @@ def _scaling(cfg: DictConfig, device: torch.device, console: Console) -> dict[st
     }
 
 
-def _gpu_step_s(cfg: DictConfig) -> float | None:
+def _gpu_step_s(config: BenchConfig) -> float | None:
     """The paper configuration's training step time: ``loader.gpu_step_s``, else the fastest
     one in the newest ``make bench-gpu`` reports (x4, S = 19, batch 12, LR 64, on CUDA)."""
-    if cfg.loader.gpu_step_s is not None:
-        return float(cfg.loader.gpu_step_s)
-    runs = sorted((Path(cfg.paths.root_dir) / "outputs" / "bench" / "gpu").glob("*/"))
+    if config.loader.gpu_step_s is not None:
+        return float(config.loader.gpu_step_s)
+    runs = sorted((Path(config.paths.root_dir) / "outputs" / "bench" / "gpu").glob("*/"))
     steps = []
     for report in sorted(runs[-1].glob("*/bench.json")) if runs else []:
         data = json.loads(report.read_text())
@@ -113,67 +114,67 @@ def _loader_sources(benchmark_dir: Path) -> Path:
     return set14 if set14.is_dir() else benchmark_dir
 
 
-def _loader(cfg: DictConfig, console: Console) -> dict[str, Any]:
+def _loader(config: BenchConfig, console: Console) -> dict[str, Any]:
     """The loader phase, in this process (its DataLoader starts worker processes of its own)."""
     console.log("timing loader: png, prepared, cached")
-    spec = cfg.loader
+    spec = config.loader
     threads = torch.get_num_threads()
     try:
         return loader.measure_loader(
             spec.folder,
             Path(spec.cache_dir),
-            _loader_sources(Path(cfg.paths.benchmark_dir)),
+            _loader_sources(Path(config.paths.benchmark_dir)),
             int(spec.images),
             int(spec.batch),
             int(spec.workers),
             float(spec.seconds),
-            _gpu_step_s(cfg),
+            _gpu_step_s(config),
             float(spec.gpu_tflops) * 1e12,
         )
     finally:
         torch.set_num_threads(threads)
 
 
-def _backends(cfg: DictConfig, device: torch.device, console: Console) -> dict[str, Any]:
+def _backends(config: BenchConfig, device: torch.device, console: Console) -> dict[str, Any]:
     """The backends phase: the ONNX model exported into the run folder, then each backend in a
     process of its own."""
-    specs = plan.backend_specs(cfg, device)
-    path = Path(cfg.paths.output_dir) / "kxnet.onnx"
+    specs = plan.backend_specs(config, device)
+    path = Path(config.paths.output_dir) / "kxnet.onnx"
     console.log(f"exporting the network to {path}")
     measure.run_isolated(export_for, specs["onnxruntime"], path)
     results = {}
     for name, spec in specs.items():
         console.log(f"timing backends/{name}")
         results[name] = measure.run_isolated(measure_backend, spec | {"onnx_path": str(path)})
-    return {"lr_size": int(cfg.backends.lr_size), "results": results}
+    return {"lr_size": int(config.backends.lr_size), "results": results}
 
 
-def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
-    """Measure the configuration ``cfg`` (the ``bench`` config); returns the JSON report."""
+def run(config: BenchConfig, console: Console | None = None) -> dict[str, Any]:
+    """Measure the configuration ``config`` (the ``bench`` config); returns the JSON report."""
     console = console or Console()
-    plan.check(cfg)
-    device = check_device(str(cfg.device), "device")
-    infer_lr, image = plan.infer_input(cfg) if "infer" in cfg.phases else (None, None)
-    phases = plan.phases(cfg, device, infer_lr)
+    plan.check(config)
+    device = check_device(str(config.device), "device")
+    infer_lr, image = plan.infer_input(config) if "infer" in config.phases else (None, None)
+    phases = plan.phases(config, device, infer_lr)
     results: dict[str, dict] = {}
     peak: dict[str, float] = {}
     for phase, specs in phases.items():
         hot = phase.startswith("hot_spot/")
-        reps = cfg.hot_spots if hot else cfg
+        reps = config.hot_spots if hot else config
         common = {
             "device": str(device),
-            "threads": cfg.threads,
-            "precisions": list(cfg.precisions),
+            "threads": config.threads,
+            "precisions": list(config.precisions),
             "warmup": int(reps.warmup),
             "repeats": int(reps.repeats),
             "matmul_peak": not peak and phase in ("train", "infer"),
-            "matmul_size": int(cfg.matmul_size),
+            "matmul_size": int(config.matmul_size),
         }
         console.log(f"timing {phase}: {', '.join(specs)}")
         out = measure.run_isolated(measure_phase, specs, common)
         peak |= out["matmul_peak"]
         for side, result in out["variants"].items():
-            if device.type == "cpu" and cfg.rss:
+            if device.type == "cpu" and config.rss:
                 console.log(f"resident memory of {phase}/{side}")
                 result["rss"] = measure.run_isolated(measure_rss, specs[side])
             results[f"{phase}/{side}"] = result
@@ -184,11 +185,11 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     tables.ratios(results)
     cuda = device.type == "cuda"
     report = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": asdict(config),
         "device": {
             "type": device.type,
             "name": torch.cuda.get_device_name(device) if cuda else hardware.cpu_name(),
-            "threads": cfg.threads or torch.get_num_threads(),
+            "threads": config.threads or torch.get_num_threads(),
             "bf16": ["cuda"] if cuda and torch.cuda.is_bf16_supported() else hardware.cpu_bf16(),
             "native_bf16": cuda or hardware.native_bf16(),
         },
@@ -196,24 +197,24 @@ def run(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "infer_input": image and {"image": image, "lr_shape": list(infer_lr.shape)},
         "matmul_peak_flops_per_s": peak,
         "results": results,
-        "targets": tables.targets(results, bool(cfg.model.net.checkpoint_stages)),
+        "targets": tables.targets(results, bool(config.model.net.checkpoint_stages)),
     }
-    if "profile" in cfg.phases:
+    if "profile" in config.phases:
         report["profile"] = {}
-        for precision, spec in plan.profile_specs(cfg, device).items():
+        for precision, spec in plan.profile_specs(config, device).items():
             console.log(f"profiling the training step, {precision}")
             report["profile"][precision] = measure.run_isolated(measure_profile, spec)
-    if "backends" in cfg.phases:
-        report["backends"] = _backends(cfg, device, console)
+    if "backends" in config.phases:
+        report["backends"] = _backends(config, device, console)
         report["targets"] |= tables.backend_targets(report["backends"])
-    if "conv" in cfg.phases:
+    if "conv" in config.phases:
         console.log(f"timing conv: {', '.join(formulations.FORMULATIONS)}")
-        spec = plan.conv_spec(cfg, device)
+        spec = plan.conv_spec(config, device)
         report["conv"] = measure.run_isolated(formulations.measure_formulations, spec)
-    if "scaling" in cfg.phases:
-        report["scaling"] = _scaling(cfg, device, console)
-    if "loader" in cfg.phases:
-        report["loader"] = _loader(cfg, console)
+    if "scaling" in config.phases:
+        report["scaling"] = _scaling(config, device, console)
+    if "loader" in config.phases:
+        report["loader"] = _loader(config, console)
         report["targets"] |= tables.loader_targets(report["loader"])
     tables.print_report(report, console)
     return report

@@ -142,10 +142,10 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
     return table
 
 
-def _profile_table(result: dict[str, dict[str, float]], cfg: dict) -> Table:
+def _profile_table(result: dict[str, dict[str, float]], config: dict) -> Table:
     title = (
-        f"Where the training step's time goes (torch.profiler; x{cfg['scale']}, "
-        f"S={cfg['model']['net']['stages']}, batch {cfg['batch']}, LR {cfg['lr_size']}²)"
+        f"Where the training step's time goes (torch.profiler; x{config['scale']}, "
+        f"S={config['model']['net']['stages']}, batch {config['batch']}, LR {config['lr_size']}²)"
     )
     columns = ["part"]
     for precision in result:
@@ -160,11 +160,11 @@ def _profile_table(result: dict[str, dict[str, float]], cfg: dict) -> Table:
     return table
 
 
-def _backends_table(result: dict[str, Any], cfg: dict) -> Table:
+def _backends_table(result: dict[str, Any], config: dict) -> Table:
     size = result["lr_size"]
     title = (
-        f"Inference of one {size}×{size} LR image at x{cfg['scale']}, "
-        f"S={cfg['model']['net']['stages']}, on the CPU, per backend"
+        f"Inference of one {size}×{size} LR image at x{config['scale']}, "
+        f"S={config['model']['net']['stages']}, on the CPU, per backend"
     )
     table = _table(title, ("backend", "time", "spread", "memory (RSS growth)", "time ×authors'"))
     theirs = result["results"].get("authors", {}).get("wall_s", {}).get("median")
@@ -191,11 +191,11 @@ def backend_targets(result: dict[str, Any]) -> dict[str, Any]:
     return {"backend_time_ratio": {"label": label, "value": value, "target": "<= 0.5", "met": met}}
 
 
-def _conv_table(result: dict[str, Any], cfg: dict) -> Table:
+def _conv_table(result: dict[str, Any], config: dict) -> Table:
     peaks = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in result["matmul_peak"].items())
     title = (
-        f"proxNet_X convolution, {result['channels']} channels, batch {cfg['batch']}, LR "
-        f"{cfg['lr_size']}², forward + both gradients (matmul peak GFLOP/s: {peaks})"
+        f"proxNet_X convolution, {result['channels']} channels, batch {config['batch']}, LR "
+        f"{config['lr_size']}², forward + both gradients (matmul peak GFLOP/s: {peaks})"
     )
     table = _table(title, ("formulation", "precision", "time", "GFLOP/s", "of peak"))
     for name, r in result["results"].items():
@@ -270,13 +270,14 @@ def _loader_table(result: dict[str, Any]) -> Table:
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
-    res, cfg, dev = report["results"], report["config"], report["device"]
-    infer = report["infer_input"]
+    res, config, dev = report["results"], report["config"], report["device"]
+    net, infer = config["model"]["net"], report["infer_input"]
     shape = "" if infer is None else f" · infer: LR {infer['lr_shape'][-1]}×{infer['lr_shape'][-2]}"
     title = (
-        f"KXNet x{cfg['scale']}, S={cfg['model']['net']['stages']}, {cfg['setting']['name']}, "
-        f"p={cfg['model']['net']['kernel_size']} · train: batch {cfg['batch']}, "
-        f"LR {cfg['lr_size']}×{cfg['lr_size']}{shape} · {dev['name']}, {dev['threads']} threads"
+        f"KXNet x{config['scale']}, S={net['stages']}, {config['setting']['name']}, "
+        f"p={net['kernel_size']} · train: batch {config['batch']}, "
+        f"LR {config['lr_size']}×{config['lr_size']}{shape} · {dev['name']}, "
+        f"{dev['threads']} threads"
         + (f", native bf16: {', '.join(dev['bf16'])}" if dev.get("bf16") else "")
     )
     columns = ("task", "time", "spread", "CPU time", "memory", "RSS", "GFLOP", "conv/peak")
@@ -327,11 +328,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         met = {True: "yes", False: "no", None: "–"}[t["met"]]
         goals.add_row(t["label"], value, t["target"], met)
     if "profile" in report:
-        console.print(_profile_table(report["profile"], cfg))
+        console.print(_profile_table(report["profile"], config))
     if "backends" in report:
-        console.print(_backends_table(report["backends"], cfg))
+        console.print(_backends_table(report["backends"], config))
     if "conv" in report:
-        console.print(_conv_table(report["conv"], cfg))
+        console.print(_conv_table(report["conv"], config))
     if "scaling" in report:
         for table in _scaling_tables(report["scaling"]):
             console.print(table)

@@ -24,16 +24,16 @@ from __future__ import annotations
 import sys
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
 from kxnet.config import command
 from kxnet.eval.run import run
+from kxnet.schema.commands import EvalConfig
 
 
 @command("eval")
-def main(cfg: DictConfig) -> None:
-    """Evaluate with the composed config (checked, plain); exits with the run's status."""
-    status = run(cfg, HydraConfig.get().overrides.task)
+def main(config: EvalConfig) -> None:
+    """Evaluate with the composed config (checked, typed); exits with the run's status."""
+    status = run(config, HydraConfig.get().overrides.task)
     if status:
         sys.exit(status)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.progress import (
@@ -47,6 +46,8 @@ from kxnet.eval.per_image import (
 from kxnet.metrics import psnr
 from kxnet.nn import KXNet
 from kxnet.pictures import comparison_strip, kernel_strip
+from kxnet.schema.commands import EvalConfig
+from kxnet.schema.shared import EvalOptionsConfig
 from kxnet.startup import check_benchmarks, check_device, check_writable
 
 __all__ = [
@@ -84,25 +85,28 @@ class EvalOptions:
     self_ensemble: bool = False
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> EvalOptions:
-        """The options of an ``eval`` config block, whose types and ranges the schema checked
-        (:class:`kxnet.schema.shared.EvalOptionsConfig`); unknown keys are ignored."""
+    def from_config(cls, node: Mapping[str, Any] | EvalOptionsConfig) -> EvalOptions:
+        """The options of an ``eval`` config block (a mapping or the schema's instance), whose
+        types and ranges the schema checked (:class:`kxnet.schema.shared.EvalOptionsConfig`);
+        unknown keys are ignored."""
+
+        values = node if isinstance(node, Mapping) else asdict(node)
 
         def listed(key: str, kind: Callable) -> tuple | None:
-            value = cfg.get(key)
+            value = values.get(key)
             return None if value is None else tuple(kind(v) for v in value)
 
         return cls(
             datasets=listed("datasets", str),
             noise=listed("noise", float),
-            device=str(cfg.get("device") or "auto"),
-            num_workers=int(cfg.get("num_workers", 0)),
-            warmup=int(cfg.get("warmup", 0)),
-            true_kernel=bool(cfg.get("true_kernel", False)),
-            method=cfg.get("method"),
-            progress=bool(cfg.get("progress", False)),
-            precision=str(cfg.get("precision", "32")),
-            self_ensemble=bool(cfg.get("self_ensemble", False)),
+            device=str(values.get("device") or "auto"),
+            num_workers=int(values.get("num_workers", 0)),
+            warmup=int(values.get("warmup", 0)),
+            true_kernel=bool(values.get("true_kernel", False)),
+            method=values.get("method"),
+            progress=bool(values.get("progress", False)),
+            precision=str(values.get("precision", "32")),
+            self_ensemble=bool(values.get("self_ensemble", False)),
         )
 
 
@@ -117,14 +121,14 @@ class EvalPlan:
     names: tuple[str, ...]
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> EvalPlan:
-        """Check ``cfg.eval`` and ``cfg.paths``: the device, the benchmark sets, the cache."""
-        options = EvalOptions.from_config(cfg.eval)
+    def check(
+        cls, options: EvalOptions, benchmark_dir: str | os.PathLike, cache_dir: str | os.PathLike
+    ) -> EvalPlan:
+        """Check the device, the benchmark sets and the cache of an evaluation."""
         device = check_device(options.device, "eval.device")
-        benchmark_dir = Path(cfg.paths.benchmark_dir)
-        names = check_benchmarks(benchmark_dir, options.datasets, "eval.datasets")
-        cache_dir = check_writable(cfg.paths.cache_dir, "paths.cache_dir")
-        return cls(options, device, benchmark_dir, cache_dir, tuple(names))
+        names = check_benchmarks(Path(benchmark_dir), options.datasets, "eval.datasets")
+        cache = check_writable(cache_dir, "paths.cache_dir")
+        return cls(options, device, Path(benchmark_dir), cache, tuple(names))
 
     def sets(self, model: KXNet) -> list[BenchmarkSet]:
         """The test sets of the model's setting and scale (LR images generated into the cache)."""
@@ -313,14 +317,16 @@ def evaluate_beside_bicubic(
     return table, payloads
 
 
-def build_model(cfg: DictConfig, device="cpu") -> KXNet:
+def build_model(config: EvalConfig, device="cpu") -> KXNet:
     """The network of ``weights`` (a model name) or ``ckpt_path`` (checked against the config's
     model properties), or bicubic without either (``model.net.stages`` null or 0); raises
     CheckpointError, DownloadError or EvalError."""
-    asked = models.asked_properties(cfg)
-    if not cfg.ckpt_path and not cfg.weights and asked["stages"] is None:
+    asked = models.asked_properties(config)
+    if not config.ckpt_path and not config.weights and asked["stages"] is None:
         asked["stages"] = 0
-    model = models.build_model(cfg.ckpt_path, cfg.weights, asked, device, root=cfg.paths.root_dir)
+    model = models.build_model(
+        config.ckpt_path, config.weights, asked, device, root=config.paths.root_dir
+    )
     if model is None:
         raise EvalError(
             f"model.net.stages={asked['stages']} without ckpt_path or weights would evaluate an "
@@ -330,13 +336,13 @@ def build_model(cfg: DictConfig, device="cpu") -> KXNet:
     return model
 
 
-def _run_photos(cfg: DictConfig, console: Console) -> int:
+def _run_photos(config: EvalConfig, console: Console) -> int:
     """``eval.photos=DIR``: NIQE of every photo's SR image beside bicubic's (no ground truth)."""
-    options = EvalOptions.from_config(cfg.eval)
+    options = EvalOptions.from_config(config.eval)
     device = check_device(options.device, "eval.device")
-    images = check_photos(Path(cfg.eval.photos))
-    model = build_model(cfg, device)
-    output_dir = check_writable(cfg.paths.output_dir, "paths.output_dir")
+    images = check_photos(Path(config.eval.photos))
+    model = build_model(config, device)
+    output_dir = check_writable(config.paths.output_dir, "paths.output_dir")
     remove_leftovers(output_dir)
     method = options.method or _method(model, options)
     console.print(f"NIQE of {method} on {len(images)} photos ({device})", markup=False)
@@ -348,18 +354,19 @@ def _run_photos(cfg: DictConfig, console: Console) -> int:
     return 0
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
+def run(config: EvalConfig, overrides: Sequence[str] = ()) -> int:
     """Check everything that can be checked, evaluate, write the tables; the exit status."""
     console = Console(stderr=True)
     try:
-        if cfg.eval.photos:
-            return _run_photos(cfg, console)
-        plan = EvalPlan.from_config(cfg)
-        options, device = plan.options, plan.device
-        model = build_model(cfg, device)
+        if config.eval.photos:
+            return _run_photos(config, console)
+        options = EvalOptions.from_config(config.eval)
+        plan = EvalPlan.check(options, config.paths.benchmark_dir, config.paths.cache_dir)
+        device = plan.device
+        model = build_model(config, device)
         if options.true_kernel:
             check_true_kernel(model, model.setting, model.scale)
-        output_dir = check_writable(cfg.paths.output_dir, "paths.output_dir")
+        output_dir = check_writable(config.paths.output_dir, "paths.output_dir")
         remove_leftovers(output_dir)
         # The benchmark cache may be shared with runs on other machines: only old leftovers.
         remove_leftovers(plan.cache_dir, recursive=True, min_age_s=SHARED_AGE_S)
@@ -373,8 +380,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         f"{', '.join(f'{n:g}' for n in sets[0].noise)} ({device})",
         markup=False,
     )
-    ckpt = cfg.ckpt_path
-    weights = cfg.weights
+    ckpt = config.ckpt_path
+    weights = config.weights
     command = shlex.join(["python", "-m", "kxnet.eval", *overrides])
     try:
         payload = run_evaluation(

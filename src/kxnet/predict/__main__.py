@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import DictConfig
-
 from kxnet.config import command
 from kxnet.predict.prediction import run
+from kxnet.schema.commands import PredictConfig
 
 
 @command("predict")
-def main(cfg: DictConfig) -> None:
-    """Predict with the composed config (checked, plain); exits with the run's status."""
-    sys.exit(run(cfg))
+def main(config: PredictConfig) -> None:
+    """Predict with the composed config (checked, typed); exits with the run's status."""
+    sys.exit(run(config))
 
 
 if __name__ == "__main__":

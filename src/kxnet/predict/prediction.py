@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.progress import Progress, TextColumn
@@ -72,6 +71,7 @@ from kxnet.predict.tiling import (
     receptive_radius,
     run_tile,
 )
+from kxnet.schema.commands import PredictConfig
 from kxnet.startup import check_device
 
 __all__ = [
@@ -460,13 +460,17 @@ def _device(model: KXNet | OnnxKXNet) -> torch.device:
     return next(iter(model.parameters()), model.k0).device
 
 
-def _onnx_model(cfg: DictConfig, options: PredictOptions) -> OnnxKXNet:
+def _onnx_model(config: PredictConfig, options: PredictOptions) -> OnnxKXNet:
     """backend=onnx: the exported model of ckpt_path, run by onnxruntime on the CPU."""
-    if not cfg.ckpt_path or cfg.weights:
+    if not config.ckpt_path or config.weights:
         raise PredictError(
             "backend=onnx needs ckpt_path=MODEL.onnx (written by kxnet-export), not weights=…"
         )
-    if options.precision != "32" or options.save_stages or str(cfg.device) not in ("auto", "cpu"):
+    if (
+        options.precision != "32"
+        or options.save_stages
+        or str(config.device) not in ("auto", "cpu")
+    ):
         raise PredictError(
             "backend=onnx runs the final stage in float32 on the CPU: drop precision, "
             "save_stages and device, or use backend=torch"
@@ -476,22 +480,26 @@ def _onnx_model(cfg: DictConfig, options: PredictOptions) -> OnnxKXNet:
             "backend=onnx runs one kernel per image without the self-ensemble: drop kernel and "
             "self_ensemble, or use backend=torch"
         )
-    model = OnnxKXNet(Path(cfg.ckpt_path))
+    model = OnnxKXNet(Path(config.ckpt_path))
     have = {
         "scale": model.scale,
         "stages": model.num_stages,
         "kernel_size": model.kernel_size,
         "setting": model.setting,
     }
-    for key, value in asked_properties(cfg).items():
+    for key, value in asked_properties(config).items():
         if value is not None and value != have[key]:
             raise PredictError(f"{key}={value} does not match {model.path} ({key} {have[key]})")
     return model
 
 
-def _model(cfg: DictConfig, device: torch.device) -> KXNet:
+def _model(config: PredictConfig, device: torch.device) -> KXNet:
     model = build_model(
-        cfg.ckpt_path, cfg.weights, asked_properties(cfg), device, root=cfg.paths.root_dir
+        config.ckpt_path,
+        config.weights,
+        asked_properties(config),
+        device,
+        root=config.paths.root_dir,
     )
     if model is None:
         raise PredictError(
@@ -500,39 +508,39 @@ def _model(cfg: DictConfig, device: torch.device) -> KXNet:
             "bicubic baseline"
         )
     model = model.to(device).eval()
-    model.compile_stages(cfg.model.net.compile)
+    model.compile_stages(config.model.net.compile)
     return model
 
 
-def _options(cfg: DictConfig) -> PredictOptions:
-    overlap = cfg.tile.overlap
+def _options(config: PredictConfig) -> PredictOptions:
+    overlap = config.tile.overlap
     if overlap != "auto" and not isinstance(overlap, int):
         raise PredictError(f"tile.overlap={overlap} must be a number of LR pixels or auto")
     return PredictOptions(
-        tile_size=cfg.tile.size,
+        tile_size=config.tile.size,
         overlap=None if overlap == "auto" else overlap,
-        kernel_crop=cfg.kernel_crop,
-        save_stages=cfg.save_stages,
-        max_pixels=cfg.max_pixels,
-        precision=str(cfg.precision),
-        kernel=str(cfg.kernel),
-        self_ensemble=cfg.self_ensemble,
+        kernel_crop=config.kernel_crop,
+        save_stages=config.save_stages,
+        max_pixels=config.max_pixels,
+        precision=str(config.precision),
+        kernel=str(config.kernel),
+        self_ensemble=config.self_ensemble,
     )
 
 
-def run(cfg: DictConfig) -> int:
+def run(config: PredictConfig) -> int:
     """Check everything that can be checked, then restore each input; returns the exit status."""
     console = Console(stderr=True)
     try:
-        device = check_device(str(cfg.device), "device")
-        options = _options(cfg)
-        inputs = find_inputs(Path(cfg.input))
-        if cfg.backend == "onnx":
-            model, device = _onnx_model(cfg, options), torch.device("cpu")
+        device = check_device(str(config.device), "device")
+        options = _options(config)
+        inputs = find_inputs(Path(config.input))
+        if config.backend == "onnx":
+            model, device = _onnx_model(config, options), torch.device("cpu")
         else:
-            model = _model(cfg, device)
+            model = _model(config, device)
         options.check(model)
-        output_dir = Path(cfg.output)
+        output_dir = Path(config.output)
         check_output_dir(output_dir, inputs)
     except USER_ERRORS as err:
         return report_error(err)

@@ -37,6 +37,7 @@ __all__ = [
     "path_keys",
     "absolute_paths",
     "plain_values",
+    "typed",
 ]
 
 SCHEMAS = {
@@ -167,6 +168,29 @@ def plain_values(value: Any) -> Any:
     if isinstance(value, list):
         return [plain_values(item) for item in value]
     return value
+
+
+def _plain_fields(value: Any) -> Any:
+    """A schema instance with every enum, in its fields and in their containers, replaced by its
+    value (:func:`plain_values`)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            setattr(value, f.name, _plain_fields(getattr(value, f.name)))
+        return value
+    if isinstance(value, dict):
+        return {key: _plain_fields(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_fields(item) for item in value]
+    return plain_values(value)
+
+
+def typed(cfg: DictConfig, app: str) -> Any:
+    """A checked config (:func:`kxnet.config.checked`) as an instance of ``app``'s schema
+    (:data:`SCHEMAS`: ``TrainConfig``, ``EvalConfig``, …), its enums given as their values:
+    the typed options that a command's ``main()`` hands to the code below it. A ``_target_``
+    node is built from ``dataclasses.asdict`` of its field."""
+    schema = OmegaConf.structured(SCHEMAS[app])
+    return _plain_fields(OmegaConf.to_object(OmegaConf.merge(schema, cfg)))
 
 
 def path_keys(cfg: DictConfig, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

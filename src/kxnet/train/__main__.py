@@ -12,16 +12,15 @@ with one line saying why and exit status 2 (``HYDRA_FULL_ERROR=1`` shows the tra
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from kxnet.config import command
+from kxnet.schema.train import TrainConfig
 from kxnet.train.run import train
 
 
 @command("train")
-def main(cfg: DictConfig) -> float | None:
-    """Train with the composed config (checked, plain); returns ``optimized_metric``."""
-    return train(cfg)
+def main(config: TrainConfig) -> float | None:
+    """Train with the composed config (checked, typed); returns ``optimized_metric``."""
+    return train(config)
 
 
 if __name__ == "__main__":

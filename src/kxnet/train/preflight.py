@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from kxnet.checkpoint import (
     CONFIG_KEYS,
     OPTIONS,
@@ -26,6 +24,7 @@ from kxnet.checkpoint import (
 )
 from kxnet.errors import CheckpointError, StartupError
 from kxnet.eval.run import EvalOptions, EvalPlan
+from kxnet.schema.train import TrainConfig
 from kxnet.startup import (
     check_benchmark_lists,
     check_device,
@@ -84,12 +83,12 @@ def _given(overrides: Sequence[str], *keys: str) -> bool:
     return any(o.lstrip("+~").split("=")[0] in keys for o in overrides)
 
 
-def check_training_source(cfg: DictConfig, overrides: Sequence[str]) -> None:
+def check_training_source(config: TrainConfig, overrides: Sequence[str]) -> None:
     """A run that presents itself as the paper's (``paper_data``) does not train on the bundled
     T91 unless ``paths.train_dir`` (or ``data.train_dir``) is given on the command line."""
-    if not cfg.get("paper_data"):
+    if not config.paper_data:
         return
-    train_dir, bundled = Path(cfg.data.train_dir), Path(cfg.paths.bundled_train_dir)
+    train_dir, bundled = Path(config.data.train_dir), Path(config.paths.bundled_train_dir)
     if train_dir == bundled and not _given(overrides, "paths.train_dir", "data.train_dir"):
         raise StartupError(
             f"paths.train_dir={train_dir} is the bundled T91 (91 small images), but this run "
@@ -110,18 +109,18 @@ class TrainPlan:
     evaluation: EvalPlan | None
 
 
-def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainPlan:
+def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> TrainPlan:
     """Everything ``python -m kxnet.train`` can check without reading data, in one pass: the
     training data a paper run takes, the kernel and patch sizes, the checkpoint it resumes, the
     devices, the folders it writes, the benchmark sets of validation, test and evaluation.
     ``overrides`` is the command line. (The optimiser is checked by the module that builds it,
     the training images by the data module's scan.)"""
-    model = {key: cfg.model.net[key] for key in CONFIG_KEYS}
+    model = {key: getattr(config.model.net, key) for key in CONFIG_KEYS}
     training = model["stages"] > 0
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = config.ckpt_path
     if training:
-        check_training_source(cfg, overrides)
-        data_p = cfg.data.kernel_size
+        check_training_source(config, overrides)
+        data_p = config.data.kernel_size
         if data_p not in (None, model["kernel_size"]):
             raise StartupError(
                 f"model.net.kernel_size={model['kernel_size']} differs from the training kernels' "
@@ -130,32 +129,31 @@ def check_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainPlan:
             )
         if ckpt_path:
             check_resume(ckpt_path, model)
-    options = EvalOptions.from_config(cfg.eval) if cfg.get("eval") else None
+    options = EvalOptions.from_config(config.eval) if config.eval else None
     if training:
-        check_patch(cfg.data.lr_patch_size, model["scale"], model["kernel_size"])
-    if cfg.trainer.devices is not None:
-        check_devices(cfg.trainer.devices)
+        check_patch(config.data.lr_patch_size, model["scale"], model["kernel_size"])
+    if config.trainer.devices is not None:
+        check_devices(config.trainer.devices)
     device = check_device(options.device, "eval.device") if options else None
-    out = Path(cfg.paths.output_dir)
-    written = {"paths.output_dir": out, "paths.cache_dir": Path(cfg.paths.cache_dir)}
+    out = Path(config.paths.output_dir)
+    written = {"paths.output_dir": out, "paths.cache_dir": Path(config.paths.cache_dir)}
     if training:
-        callbacks = cfg.get("callbacks") or {}
         written |= {
-            f"callbacks.{name}.dirpath": Path(entry.dirpath)
-            for name, entry in callbacks.items()
+            f"callbacks.{name}.dirpath": Path(entry["dirpath"])
+            for name, entry in (config.callbacks or {}).items()
             if entry and entry.get("dirpath")
         }
     for option, folder in written.items():
         check_writable(folder, option)
     wanted: dict[str, list[str] | None] = {}
-    if training and cfg.trainer.limit_val_batches != 0 and cfg.data.val_datasets:
-        wanted["data.val_datasets"] = list(cfg.data.val_datasets)
-    if cfg.get("test"):
-        names = cfg.data.test_datasets
+    if training and config.trainer.limit_val_batches != 0 and config.data.val_datasets:
+        wanted["data.val_datasets"] = list(config.data.val_datasets)
+    if config.test:
+        names = config.data.test_datasets
         wanted["data.test_datasets"] = None if names is None else list(names)
     if options:
         wanted["eval.datasets"] = None if options.datasets is None else list(options.datasets)
-    benchmark_dir = Path(cfg.data.benchmark_dir)
+    benchmark_dir = Path(config.data.benchmark_dir)
     present = check_benchmark_lists(benchmark_dir, wanted)
     cache_dir = written.pop("paths.cache_dir")
     evaluation = None

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from kxnet.atomic import SHARED_AGE_S, remove_leftovers
 from kxnet.checkpoint import safe_loading
+from kxnet.schema.train import TrainConfig
 from kxnet.train import ddp
 from kxnet.train.components import build_components
 from kxnet.train.finish import WEIGHTS_FILE, RunEnd
@@ -55,45 +57,50 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
     logging.getLogger(_name).addFilter(_NoInterruptNotice())
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(config: TrainConfig) -> float | None:
     """Check the run, fit, then keep, test, export and evaluate the weights
-    (:class:`~kxnet.train.finish.RunEnd`: ``cfg.export``, ``cfg.test``, ``cfg.eval``); returns
-    ``cfg.optimized_metric``. ``cfg`` is what ``main()`` hands over: checked and plain
-    (:func:`kxnet.config.checked`).
+    (:class:`~kxnet.train.finish.RunEnd`: ``config.export``, ``config.test``, ``config.eval``);
+    returns ``config.optimized_metric``. ``config`` is what ``main()`` hands over: checked and
+    typed (:func:`kxnet.schema.typed`).
 
     ``model.net.stages=0`` (the bicubic baseline, nothing to learn) is tested without training.
     """
-    plan = check_train(cfg, _command_line())
+    plan = check_train(config, _command_line())
     if _first_process():
         for folder in plan.folders:
             remove_leftovers(folder)
         # The benchmark cache may be shared with runs on other machines: only old leftovers.
         remove_leftovers(plan.cache_dir, recursive=True, min_age_s=SHARED_AGE_S)
     parts = build_components(
-        cfg.data, cfg.model, cfg.trainer, cfg.get("callbacks"), cfg.get("logger"), cfg.seed
+        asdict(config.data),
+        asdict(config.model),
+        asdict(config.trainer),
+        config.callbacks,
+        config.logger,
+        config.seed,
     )
     trainer, module, datamodule = parts.trainer, parts.module, parts.datamodule
     end = RunEnd(
-        Path(cfg.paths.output_dir),
-        cfg.export,
-        cfg.test,
-        cfg.optimized_metric,
+        Path(config.paths.output_dir),
+        config.export,
+        config.test,
+        config.optimized_metric,
         plan.evaluation,
-        cfg.task_name,
+        config.task_name,
     )
     finished = False
     try:
         with end.reporting_ctrl_c(trainer):
-            config = OmegaConf.to_container(cfg, resolve=True)
-            config["params/total"] = sum(p.numel() for p in module.net.parameters())
+            hyperparameters = asdict(config)
+            hyperparameters["params/total"] = sum(p.numel() for p in module.net.parameters())
             for logger in trainer.loggers:
-                logger.log_hyperparams(config)
+                logger.log_hyperparams(hyperparameters)
             if module.net.num_stages > 0:
                 with safe_loading():
                     trainer.fit(
                         module,
                         datamodule=datamodule,
-                        ckpt_path=cfg.get("ckpt_path"),
+                        ckpt_path=config.ckpt_path,
                         weights_only=True,
                     )
             else:
@@ -106,5 +113,5 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         ddp.release(trainer, wait=finished)
         finish_wandb()
-    value = metrics.get(cfg.get("optimized_metric") or "")
+    value = metrics.get(config.optimized_metric or "")
     return None if value is None else float(value)
