@@ -26,7 +26,8 @@ from rich.table import Table
 
 from kxnet.bench import runner as bench
 from kxnet.bench import tables
-from kxnet.config import project_root
+from kxnet.config import checked, project_root
+from kxnet.schema import typed
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
 
@@ -81,10 +82,10 @@ def main() -> None:
         for i, (name, overrides) in enumerate(_runs(args.smoke)):
             out = args.out / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
             out.mkdir(parents=True, exist_ok=True)
-            cfg = compose("bench", overrides=[*overrides, f"paths.output_dir={out}"])
             console.rule(name)
             try:
-                report = bench.run(cfg, console)
+                composed = compose("bench", overrides=[*overrides, f"paths.output_dir={out}"])
+                report = bench.run(typed(checked(composed), "bench"), console)
             except Exception as error:  # one failed run must not lose the others
                 console.print_exception()
                 summary.add_row(name, "failed", f"{type(error).__name__}: {error}"[:60])

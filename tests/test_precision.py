@@ -53,3 +53,15 @@ def test_eval_options_take_the_precision_as_its_name():
     assert EvalOptions.from_config({"precision": 32}).precision == "32"
     assert EvalOptions.from_config({"precision": "bf16"}).precision == "bf16"
     assert EvalOptions.from_config({}).precision == "32"
+
+
+def test_the_log_line_says_what_the_device_computes_in(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_name", lambda: "Test CPU")
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: ["amx_bf16", "avx512_bf16"])
+    cpu = torch.device("cpu")
+    assert (
+        hardware.device_note(cpu) == "Test CPU, native bfloat16 on this CPU: amx_bf16, avx512_bf16"
+    )
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: [])
+    assert hardware.device_note(cpu) == "Test CPU, no native bfloat16"
+    assert hardware.device_note(torch.device("cuda", 1)) == "on cuda:1"
