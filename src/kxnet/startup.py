@@ -22,7 +22,6 @@ from kxnet.data.images import list_images
 from kxnet.errors import StartupError
 
 __all__ = [
-    "positive_int",
     "check_patch",
     "check_device",
     "check_devices",
@@ -32,13 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def positive_int(value: Any, option: str, minimum: int = 1) -> int:
-    """``value``, if it is an integer >= ``minimum`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StartupError(f"{option}={value} must be an integer >= {minimum}")
-    return value
 
 
 def check_patch(lr_patch_size: int, scale: int, kernel_size: int) -> None:
