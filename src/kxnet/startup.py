@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ __all__ = [
     "check_devices",
     "check_writable",
     "check_benchmarks",
-    "check_benchmark_lists",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,13 +147,3 @@ def check_benchmarks(
             "folder holding them"
         )
     return present
-
-
-def check_benchmark_lists(
-    benchmark_dir: str | os.PathLike, wanted: Mapping[str, Sequence[str] | None]
-) -> dict[str, list[str]]:
-    """:func:`check_benchmarks` of every option in ``wanted`` (option → its list of sets, None:
-    the paper's four); returns the sets present for each option."""
-    return {
-        option: check_benchmarks(benchmark_dir, names, option) for option, names in wanted.items()
-    }

@@ -171,17 +171,13 @@ def plain_values(value: Any) -> Any:
 
 
 def _plain_fields(value: Any) -> Any:
-    """A schema instance with every enum, in its fields and in their containers, replaced by its
-    value (:func:`plain_values`)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            setattr(value, f.name, _plain_fields(getattr(value, f.name)))
-        return value
-    if isinstance(value, dict):
-        return {key: _plain_fields(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain_fields(item) for item in value]
-    return plain_values(value)
+    """A schema instance with every enum in its fields (nested instances and containers
+    included) replaced by its value (:func:`plain_values`)."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return plain_values(value)
+    for f in dataclasses.fields(value):
+        setattr(value, f.name, _plain_fields(getattr(value, f.name)))
+    return value
 
 
 def typed(cfg: DictConfig, app: str) -> Any:

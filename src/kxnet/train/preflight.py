@@ -26,7 +26,7 @@ from kxnet.errors import CheckpointError, StartupError
 from kxnet.eval.run import EvalOptions, EvalPlan
 from kxnet.schema.train import TrainConfig
 from kxnet.startup import (
-    check_benchmark_lists,
+    check_benchmarks,
     check_device,
     check_devices,
     check_patch,
@@ -154,7 +154,9 @@ def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> TrainPlan
     if options:
         wanted["eval.datasets"] = None if options.datasets is None else list(options.datasets)
     benchmark_dir = Path(config.data.benchmark_dir)
-    present = check_benchmark_lists(benchmark_dir, wanted)
+    present = {
+        option: check_benchmarks(benchmark_dir, names, option) for option, names in wanted.items()
+    }
     cache_dir = written.pop("paths.cache_dir")
     evaluation = None
     if options:
