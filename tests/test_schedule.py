@@ -13,7 +13,8 @@ from torch import nn
 from faultinject import FinalLR
 from kxnet.schema import typed
 from kxnet.train import train
-from kxnet.train.ema import WeightEMA, keep_the_better
+from kxnet.train.ema import WeightEMA
+from kxnet.train.finish import keep_the_better
 from kxnet.train.schedule import BudgetCosineLR, seconds
 from trainhelp import QUIET, compose_train
 
@@ -156,7 +157,7 @@ def test_a_run_with_the_average_exports_the_better_on_validation(tmp_path, tiny_
         *tiny_benchmark,
         *QUIET,
     )
-    with caplog.at_level(logging.INFO, logger="kxnet.train.ema"):
+    with caplog.at_level(logging.INFO, logger="kxnet.train.finish"):
         train(typed(cfg, "train"))
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)["state_dict"]
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

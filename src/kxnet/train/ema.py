@@ -1,24 +1,20 @@
-"""An exponential moving average of the weights, and the choice of what a run exports.
+"""An exponential moving average of the weights.
 
 :class:`WeightEMA` is Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging`
 (``torch.optim.swa_utils.AveragedModel`` with an EMA update after every optimiser step): the
 validation during training runs on the average, and checkpoints hold the average as their
 ``state_dict`` and the raw weights beside it, for an exact resume. At the end of the fit it keeps
-the raw weights, and :func:`keep_the_better` validates both and leaves the better one in the
-network that the run tests and exports.
+the raw weights in :attr:`WeightEMA.raw_state`; the end of the run
+(:func:`kxnet.train.finish.keep_the_better`) validates both and keeps the better one.
 """
 
 from __future__ import annotations
-
-import logging
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-__all__ = ["WeightEMA", "keep_the_better"]
-
-log = logging.getLogger(__name__)
+__all__ = ["WeightEMA"]
 
 
 class WeightEMA(EMAWeightAveraging):
@@ -36,33 +32,3 @@ class WeightEMA(EMAWeightAveraging):
         super().on_train_end(trainer, pl_module)
         # No more swapping: a later validate or test sees the weights the network holds.
         self._average_model = None
-
-
-def _score(trainer: pl.Trainer, module: pl.LightningModule, datamodule, metric: str) -> float:
-    trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)
-    return float(torch.as_tensor(trainer.callback_metrics[metric]).detach())
-
-
-def keep_the_better(
-    trainer: pl.Trainer, module: pl.LightningModule, datamodule, ema: WeightEMA, metric: str
-) -> str:
-    """Validate the averaged weights (in ``module`` after the fit) and the raw ones; leave in
-    ``module`` the ones that score higher on ``metric`` (the average on a tie); returns
-    ``"averaged"`` or ``"raw"``."""
-    if ema.raw_state is None:
-        raise RuntimeError("the EMA callback has not finished a fit")
-    averaged_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    averaged = _score(trainer, module, datamodule, metric)
-    module.load_state_dict(ema.raw_state)
-    raw = _score(trainer, module, datamodule, metric)
-    kept = "averaged" if averaged >= raw else "raw"
-    if kept == "averaged":
-        module.load_state_dict(averaged_state)
-    log.info(
-        "%s on validation: EMA of the weights %.3f, raw weights %.3f: the %s weights are kept",
-        metric,
-        averaged,
-        raw,
-        kept,
-    )
-    return kept

@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from kxnet.checkpoint import load_model, model_config, read_checkpoint, safe_loading, save_weights
 from kxnet.errors import Interrupted
 from kxnet.eval.run import EvalPlan, evaluate_beside_bicubic
-from kxnet.train.ema import WeightEMA, keep_the_better
+from kxnet.train.ema import WeightEMA
 from kxnet.train.loggers import log_weights
 from kxnet.train.progress import report
 
-__all__ = ["WEIGHTS_FILE", "RunEnd", "own_best", "interrupted"]
+__all__ = ["WEIGHTS_FILE", "RunEnd", "interrupted", "keep_the_better", "own_best"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,36 @@ def interrupted(output_dir: Path, trainer: pl.Trainer) -> Interrupted:
         f"{where}: the newest checkpoint is {newest}; resume with ckpt_path={newest} (and the "
         "same options)"
     )
+
+
+def _score(trainer: pl.Trainer, module: pl.LightningModule, datamodule, metric: str) -> float:
+    trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)
+    return float(torch.as_tensor(trainer.callback_metrics[metric]).detach())
+
+
+def keep_the_better(
+    trainer: pl.Trainer, module: pl.LightningModule, datamodule, ema: WeightEMA, metric: str
+) -> str:
+    """Validate the averaged weights (in ``module`` after the fit) and the raw ones; leave in
+    ``module`` the ones that score higher on ``metric`` (the average on a tie); returns
+    ``"averaged"`` or ``"raw"``."""
+    if ema.raw_state is None:
+        raise RuntimeError("the EMA callback has not finished a fit")
+    averaged_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    averaged = _score(trainer, module, datamodule, metric)
+    module.load_state_dict(ema.raw_state)
+    raw = _score(trainer, module, datamodule, metric)
+    kept = "averaged" if averaged >= raw else "raw"
+    if kept == "averaged":
+        module.load_state_dict(averaged_state)
+    log.info(
+        "%s on validation: EMA of the weights %.3f, raw weights %.3f: the %s weights are kept",
+        metric,
+        averaged,
+        raw,
+        kept,
+    )
+    return kept
 
 
 @dataclass(frozen=True)
