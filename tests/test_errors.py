@@ -41,9 +41,11 @@ ENTRY_POINTS = {
     "data": "kxnet.data.__main__",
 }
 # Every case starts from these, so that a check that stopped working costs seconds, not hours.
+# The benchmark cache of train and eval is a folder that does not exist yet: a refused run
+# must not create it (nor any other folder).
 BASE = {
-    "train": ["debug=limit", *QUIET],
-    "eval": ["eval.num_workers=0", "eval.progress=false"],
+    "train": ["debug=limit", "paths.cache_dir={cache}", *QUIET],
+    "eval": ["eval.num_workers=0", "eval.progress=false", "paths.cache_dir={cache}"],
     "predict": ["device=cpu"],
     "bench": ["phases=[synthesis]", "rss=false", "threads=1", "batch=1", "lr_size=8"],
     "data": [],
@@ -535,8 +537,12 @@ def test_a_bad_input_is_one_line_with_exit_2_and_changes_nothing(
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.setenv("KXNET_TEST_SECRET", SECRET)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    places = {key: str(path) for key, path in files.items()} | {"out": str(out)}
-    args = [*BASE[entry], *(arg.format(**places) for arg in args)]
+    cache = tmp_path / "cache"
+    places = {key: str(path) for key, path in files.items()} | {
+        "out": str(out),
+        "cache": str(cache),
+    }
+    args = [arg.format(**places) for arg in (*BASE[entry], *args)]
     pattern = pattern.format(**{key: re.escape(value) for key, value in places.items()})
     root = project_root()
     watched = [files["root"], tmp_path, root / "data", root / "outputs", root / ".cache"]
@@ -612,7 +618,8 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(
     try:
         monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
         monkeypatch.setenv("WANDB_MODE", "disabled")
-        args = [*BASE[entry], f"hydra.run.dir={run}"]
+        base = [arg.format(cache=tmp_path / "cache") for arg in BASE[entry]]
+        args = [*base, f"hydra.run.dir={run}"]
         if entry != "train":
             args += ["model.net.stages=0"] + ([f"input={files['images']}"] * (entry == "predict"))
         capfd.readouterr()

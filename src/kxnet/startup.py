@@ -7,6 +7,7 @@ file at fault, what is wrong with it, and what would fix it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import uuid
@@ -94,13 +95,23 @@ def check_device(name: str, option: str) -> torch.device:
 
 
 def check_writable(folder: str | os.PathLike, option: str) -> Path:
-    """Create ``folder`` if needed and write (then remove) a file in it."""
+    """Check that ``folder`` can be written, creating nothing: an existing folder takes (then
+    loses) a probe file; a missing one needs its nearest existing parent to be a folder this
+    process may write in. Whoever writes there first creates it, after every check has passed."""
     folder = Path(folder)
+    place = folder
+    while not place.exists() and place != place.parent:
+        place = place.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if not place.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if place != folder:
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        else:
+            probe = folder / f".write-test-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as err:
         raise StartupError(
             f"{option}={folder} is not a writable folder ({err.strerror or err}): set {option} "
