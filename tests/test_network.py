@@ -211,6 +211,33 @@ def test_bfloat16_autocast_runs_only_the_proximal_networks_in_bfloat16(monkeypat
     assert (out.kernel - ref.kernel).abs().max() < 0.1 * ref.kernel.max()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_under_autocast_proxnet_keeps_its_activations_in_bfloat16_only(channels_last):
+    """The backward pass of proxNet stores low-precision activations only: a float32 input must
+    not turn the residual sums (and what the backward keeps of them) into float32."""
+    torch.manual_seed(0)
+    prox = ProxNet(8, channels_last=channels_last)
+    if channels_last:
+        prox = prox.to(memory_format=torch.channels_last)
+    x = torch.rand(2, 8, 6, 6, requires_grad=True)
+    weights = {p.data_ptr() for p in prox.parameters()}
+    kept: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4 and t.data_ptr() not in weights and t.shape[-1] == 6:
+            kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = prox(x)
+    assert out.dtype == torch.float32, "the output sum takes the input's precision"
+    inside = [t for t in kept if t.data_ptr() != out.data_ptr()]  # the output's ReLU keeps it
+    assert len(inside) >= 9 and {t.dtype for t in inside} == {torch.bfloat16}
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.slow
 def test_compiled_stages_match_eager():
     eager, compiled = _twins(compile=True, channels_last=True)

@@ -23,6 +23,8 @@ class ProxNet(nn.Module):
 
     With ``channels_last`` the input is laid out channels-last before the convolutions (the
     caller converts the weights), which is the faster layout of oneDNN and cuDNN convolutions.
+    Under autocast the blocks run in the autocast dtype, residual sums included; the output's
+    residual sum ``in + 0.1·conv(x_4)`` takes the input in its own precision.
     """
 
     def __init__(self, channels: int, res_scale: float = 0.1, channels_last: bool = False) -> None:
@@ -45,7 +47,11 @@ class ProxNet(nn.Module):
         """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = x
+        # Under autocast the residual path runs in the autocast dtype: an input left in float32
+        # would make every residual sum float32 too, stored for the backward pass beside the
+        # low-precision copy that each convolution makes of it.
+        device = x.device.type
+        h = x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
         for block in self.blocks:
             h = torch.add(h, block(h), alpha=self.res_scale).relu_()
         if split is None:
