@@ -105,13 +105,12 @@ def check_writable(folder: str | os.PathLike, option: str) -> Path:
     try:
         if not place.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        if place != folder:
-            if not os.access(place, os.W_OK | os.X_OK):
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-        else:
+        if place == folder:
             probe = folder / f".write-test-{uuid.uuid4().hex}"
             probe.write_bytes(b"")
             probe.unlink()
+        elif not os.access(place, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as err:
         raise StartupError(
             f"{option}={folder} is not a writable folder ({err.strerror or err}): set {option} "
