@@ -1,7 +1,12 @@
 """The GPU figures of the README's performance section, in one command.
 
     python experiments/bench_gpu.py            # on a CUDA machine (about 10 minutes on an H100)
-    python experiments/bench_gpu.py --smoke    # the same runs, tiny and on CPU: checks it works
+    python experiments/bench_gpu.py --smoke    # checks it works, on CPU, in about a minute
+
+``--smoke`` composes and checks the options of every GPU run without running it, then runs each
+run tiny on CPU: the x4 run's training step alone (eager and compiled, both precisions; the other
+phases run in ``make bench``'s own tests), the scaling sweeps over two stage counts, and the Set5
+inference.
 
 Runs ``kxnet.bench`` for x4, S = 19, batch 12, LR 64×64 (the paper's training size) in float32
 and bfloat16, eager and compiled, against the authors' formulation, with stage checkpointing,
@@ -24,9 +29,10 @@ from hydra import compose, initialize_config_module
 from rich.console import Console
 from rich.table import Table
 
+from kxnet.bench import plan, tables
 from kxnet.bench import runner as bench
-from kxnet.bench import tables
 from kxnet.config import checked, project_root
+from kxnet.errors import one_line_errors
 from kxnet.schema import typed
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
@@ -38,17 +44,15 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
         device = ["device=cpu", "threads=1", "rss=false", "conv.warmup=0", "conv.repeats=1"]
         device += ["matmul_size=64"]
         sweep = ["scaling.stages=[1,2]", "scaling.lr_sizes=[8]", "scaling.batches=[1]"]
-        sweep += ["scaling.warmup=0", "scaling.repeats=1"]
+        sweep += ["scaling.warmup=0", "scaling.repeats=1", "scaling.checkpointing=[false]"]
     else:
         size = ["batch=12", "lr_size=64", "model.net.stages=19", "warmup=2", "repeats=5"]
         device = ["device=cuda"]
         sweep = ["scaling.batches=[4,8,12]"]
     train = ["scale=4", "setting=iso", *size, *device]
+    phases = "phases=[train]" if smoke else "phases=[train,infer,synthesis,hot_spots,conv]"
     runs = [
-        (
-            "x4 float32 and bfloat16, eager and compiled",
-            [*train, "phases=[train,infer,synthesis,hot_spots,conv]", "compare.compile=true"],
-        )
+        ("x4 float32 and bfloat16, eager and compiled", [*train, phases, "compare.compile=true"])
     ]
     if not smoke:  # CUDA graphs
         graphs = ["model.net.compile=reduce-overhead", "precisions=[float32,bfloat16]"]
@@ -66,6 +70,18 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
     return runs
 
 
+def _configs(runs: list[tuple[str, list[str]]], out: Path) -> list[tuple[str, Path, object]]:
+    """Each run's typed bench config, its options checked (a StartupError names the bad one)."""
+    configs = []
+    for i, (name, overrides) in enumerate(runs):
+        folder = out / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
+        composed = compose("bench", overrides=[*overrides, f"paths.output_dir={folder}"])
+        config = typed(checked(composed), "bench")
+        plan.check(config)
+        configs.append((name, folder, config))
+    return configs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny runs on CPU")
@@ -78,14 +94,16 @@ def main() -> None:
     columns = ("run", "device", "step / pass", "first call", "memory", "conv/peak", "×authors")
     for i, col in enumerate(columns):
         summary.add_column(col, justify="left" if i < 2 else "right", no_wrap=True)
-    with initialize_config_module("kxnet.conf.bench", version_base="1.3"):
-        for i, (name, overrides) in enumerate(_runs(args.smoke)):
-            out = args.out / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
+    with one_line_errors(), initialize_config_module("kxnet.conf.bench", version_base="1.3"):
+        if args.smoke:  # the GPU runs' options, checked where no GPU is needed
+            gpu = _configs(_runs(smoke=False), args.out / "gpu")
+            console.print(f"The {len(gpu)} GPU runs' options compose and pass their checks.")
+        configs = _configs(_runs(args.smoke), args.out)  # all checked before the first starts
+        for name, out, config in configs:
             out.mkdir(parents=True, exist_ok=True)
             console.rule(name)
             try:
-                composed = compose("bench", overrides=[*overrides, f"paths.output_dir={out}"])
-                report = bench.run(typed(checked(composed), "bench"), console)
+                report = bench.run(config, console)
             except Exception as error:  # one failed run must not lose the others
                 console.print_exception()
                 summary.add_row(name, "failed", f"{type(error).__name__}: {error}"[:60])
