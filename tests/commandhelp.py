@@ -1,6 +1,6 @@
-"""Running ``kxnet.eval`` and ``kxnet.predict`` in-process on the config their ``main()`` hands
-over (:func:`kxnet.config.checked`, then :func:`kxnet.schema.typed`), with the exit status the
-command would give."""
+"""Running ``kxnet.eval``, ``kxnet.predict`` and ``kxnet.bench`` in-process on the config their
+``main()`` hands over (:func:`kxnet.config.checked`, then :func:`kxnet.schema.typed`), with the
+exit status the command would give."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from hydra import compose, initialize_config_module
 
+from kxnet.bench.__main__ import measure
 from kxnet.config import check_command_line, checked
 from kxnet.errors import USER_ERRORS, report_error
 from kxnet.eval import run as eval_run
@@ -44,3 +45,13 @@ def run_predict(overrides: Sequence[str]) -> int:
     except USER_ERRORS as err:
         return report_error(err)
     return prediction.run(config)
+
+
+def run_bench(overrides: Sequence[str]) -> int:
+    """``python -m kxnet.bench OVERRIDES``'s exit status; the run folder is ``paths.output_dir``
+    (give it)."""
+    try:
+        measure(_checked("bench", overrides))
+    except USER_ERRORS as err:
+        return report_error(err)
+    return 0

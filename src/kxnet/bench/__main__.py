@@ -20,9 +20,8 @@ from kxnet.config import command
 from kxnet.schema.commands import BenchConfig
 
 
-@command("bench")
-def main(config: BenchConfig) -> None:
-    """Measure with the composed config (checked, typed); writes bench.json."""
+def measure(config: BenchConfig) -> Path:
+    """Measure with the checked, typed ``config``; returns the bench.json written (only then)."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
@@ -31,6 +30,13 @@ def main(config: BenchConfig) -> None:
         Path(config.paths.output_dir) / "bench.json", json.dumps(report, indent=2, default=float)
     )
     console.print(f"wrote {out}")
+    return out
+
+
+@command("bench")
+def main(config: BenchConfig) -> None:
+    """Measure with the composed config (checked, typed); writes bench.json."""
+    measure(config)
 
 
 if __name__ == "__main__":
