@@ -1,11 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from kxnet import kernels, metrics, physics
+from kxnet.checkpoint import load_model
 from kxnet.config import project_root
-from kxnet.data.images import list_images, read_image
+from kxnet.data.images import read_image
 from kxnet.ensemble import SelfEnsemble
-from kxnet.loss import StageLoss
 from kxnet.nn.kxnet import KXNet
 from kxnet.predict.kernel_map import (
     blend_band,
@@ -16,6 +18,7 @@ from kxnet.predict.kernel_map import (
 from kxnet.predict.tiling import plan_tiles
 
 DATA = project_root() / "data"
+TRAINED = Path(__file__).parent / "fixtures" / "trained_x2_s2_p11.pt"
 
 
 def test_ramps_of_neighbouring_tiles_sum_to_one():
@@ -57,36 +60,11 @@ def test_kernel_map_picture_draws_each_kernel_at_its_tile():
 
 @pytest.fixture(scope="module")
 def trained() -> KXNet:
-    torch.manual_seed(0)
-    return _train()
+    """A small KXNet (x2, S = 2, p = 11) trained for 1000 steps on isotropic blurs: enough to tell
+    a sharp kernel from a wide one (``tests/fixtures/make_trained_x2_s2_p11.py`` made it)."""
+    return load_model(TRAINED, scale=2, stages=2, kernel_size=11)
 
 
-def _train(steps: int = 300, seed: int = 0) -> KXNet:
-    """A small KXNet (x2, S = 2, p = 11) trained for a few hundred steps on T91 crops blurred
-    with isotropic Gaussians, σ in [0.2, 2.4]: enough to tell a sharp kernel from a wide one."""
-    generator = torch.Generator().manual_seed(seed)
-    images = [read_image(p) for p in list_images(DATA / "train" / "T91")[:40]]
-    model = KXNet(2, 2, kernel_size=11)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss = StageLoss()
-    for _ in range(steps):
-        crops = []
-        for _ in range(8):
-            image = images[int(torch.randint(len(images), (1,), generator=generator))]
-            top = int(torch.randint(image.shape[1] - 64 + 1, (1,), generator=generator))
-            left = int(torch.randint(image.shape[2] - 64 + 1, (1,), generator=generator))
-            crops.append(image[:, top : top + 64, left : left + 64])
-        hr = torch.stack(crops)
-        k, _ = kernels.random_isotropic(8, 11, (0.2, 2.4), generator)
-        lr = (physics.blur_downsample(hr, k, 2).clamp(0, 1) * 255).round() / 255
-        optimiser.zero_grad()
-        loss(model(lr), hr, k).total.backward()
-        optimiser.step()
-    return model.eval()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # the training: about a minute on 2 idle cores
 def test_tiled_kernels_beat_the_global_kernel_on_two_differently_blurred_halves(trained):
     model = trained
     hr = read_image(DATA / "benchmarks" / "Set14" / "zebra.png")[None, :, :192, :256]
@@ -102,18 +80,16 @@ def test_tiled_kernels_beat_the_global_kernel_on_two_differently_blurred_halves(
     assert [[t.core[1] for t in row] for row in tiled.tiles] == [[0, 64]]  # one tile a half
     global_error = [metrics.kernel_error(plain.kernel, k)["l1"].item() for k in true]
     tile_error = [metrics.kernel_error(tiled.kernels[0, i], true[i])["l1"].item() for i in (0, 1)]
-    assert tile_error[0] < global_error[0] and tile_error[1] < global_error[1], (
+    assert all(t < 0.9 * g for t, g in zip(tile_error, global_error, strict=True)), (
         tile_error,
         global_error,
     )
     tiled_psnr = metrics.psnr(tiled.sr, hr, 2).item()
     global_psnr = metrics.psnr(plain.sr, hr, 2).item()
     print(f"kernel L1 tiled {tile_error} global {global_error}, PSNR {tiled_psnr} {global_psnr}")
-    assert tiled_psnr > global_psnr, (tiled_psnr, global_psnr)
+    assert tiled_psnr > global_psnr + 0.05, (tiled_psnr, global_psnr)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)  # the training, when this test runs first
 def test_self_ensemble_of_a_trained_model_gains_psnr(trained):
     """A model trained on the degradation's grid: the eight estimates, each moved back onto it,
     average to a better image than the plain one (mapped back without the move, they lose dB)."""
@@ -124,4 +100,4 @@ def test_self_ensemble_of_a_trained_model_gains_psnr(trained):
         plain = metrics.psnr(trained(lr).sr, hr, 2).item()
         ensemble = metrics.psnr(SelfEnsemble(trained)(lr).sr, hr, 2).item()
     print(f"zebra x2 σ 1.2: PSNR plain {plain:.2f}, x8 self-ensemble {ensemble:.2f}")
-    assert ensemble > plain, (ensemble, plain)
+    assert ensemble > plain + 0.1, (ensemble, plain)
