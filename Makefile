@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format mutants train notebooks bench bench-gpu data clean
+.PHONY: help install test test-full test-tables lint format mutants train notebooks bench bench-gpu data clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -27,6 +27,9 @@ test: install ## Run the fast tests
 
 test-full: install ## Run every test, the slow ones included
 	$(PY) -m pytest -q
+
+test-tables: install ## Check every Bicubic row of the paper's tables, all of BSD100 and Urban100 included
+	KXNET_TEST_FULL_TABLES=1 $(PY) -m pytest -q tests/test_eval.py -k full_bicubic_tables
 
 lint: install ## Check style with ruff
 	$(PY) -m ruff check src tests experiments notebooks
