@@ -7,6 +7,18 @@ checks), :mod:`~kxnet.train.ddp` (DDP inside Hydra jobs), :mod:`~kxnet.train.ato
 :mod:`~kxnet.train.loggers` (W&B mode, pictures).
 """
 
-from kxnet.train.run import train
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["train"]
+
+
+def __getattr__(name: str) -> Any:
+    """``train`` on first use: the run imports Lightning (seconds), which ``--help`` and a
+    refused option never need."""
+    if name == "train":
+        from kxnet.train.run import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

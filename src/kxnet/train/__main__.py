@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from kxnet.config import command
 from kxnet.schema.train import TrainConfig
-from kxnet.train.run import train
 
 
 @command("train")
 def main(config: TrainConfig) -> float | None:
     """Train with the composed config (checked, typed); returns ``optimized_metric``."""
+    from kxnet.train.run import train  # Lightning: after the options are checked
+
     return train(config)
 
 
