@@ -29,6 +29,7 @@ def test_the_experiment_trains_both_modes_and_writes_the_labelled_picture(tmp_pa
             "--override",
             "eval=null",
             "data.num_workers=0",
+            "data.val_images=2",
         ],
         cwd=ROOT,
         capture_output=True,
