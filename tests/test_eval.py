@@ -287,24 +287,22 @@ def test_startup_failures_are_one_line_with_exit_2(tmp_path, tiny_bench, tiny_we
     def cli(*extra):
         return _cli(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}", *extra))
 
-    nowhere = tmp_path / "nowhere"
+    nowhere = tmp_path / "nowhere"  # the command's exit status and line; the rest in-process
     _one_line_error(
         cli(f"paths.benchmark_dir={nowhere}"), f"paths.benchmark_dir={nowhere} is not a folder"
-    )
-    _one_line_error(
-        cli("scale=3"), str(tiny_weights), "checkpoint has scale=2 but scale=3 was asked for"
-    )
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    _one_line_error(
-        cli(f"paths.output_dir={blocker / 'out'}"),
-        f"paths.output_dir={blocker / 'out'} is not a writable folder",
     )
     assert not (tmp_path / "out").exists()
 
 
 def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
     cases = [
+        (["scale=3", f"ckpt_path={tiny_weights}"], "checkpoint has scale=2 but scale=3 was asked"),
+        (
+            [f"ckpt_path={tiny_weights}", f"paths.output_dir={blocker / 'out'}"],
+            f"paths.output_dir={blocker / 'out'} is not a writable folder",
+        ),
         (["eval.datasets=[Tiny,Set5]"], f"names Set5, but there are no images in {tiny_bench}"),
         (["model.net.stages=19"], "model.net.stages=19 without ckpt_path"),
         ([f"ckpt_path={tmp_path / 'none.pt'}"], "no such checkpoint file"),
