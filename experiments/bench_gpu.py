@@ -43,7 +43,7 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
         size = ["batch=1", "lr_size=8", "model.net.stages=1", "warmup=0", "repeats=1"]
         device = ["device=cpu", "threads=1", "rss=false", "conv.warmup=0", "conv.repeats=1"]
         device += ["matmul_size=64"]
-        sweep = ["scaling.stages=[1,2]", "scaling.lr_sizes=[8]", "scaling.batches=[1]"]
+        sweep = ["scaling.stages=[1,2]", "scaling.lr_sizes=[8,12]", "scaling.batches=[1]"]
         sweep += ["scaling.warmup=0", "scaling.repeats=1", "scaling.checkpointing=[false]"]
     else:
         size = ["batch=12", "lr_size=64", "model.net.stages=19", "warmup=2", "repeats=5"]

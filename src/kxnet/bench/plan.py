@@ -77,6 +77,8 @@ def check(config: BenchConfig) -> None:
         raise StartupError(
             "model.net.stages=0 has no stage to train: set model.net.stages=1 or more"
         )
+    if "scaling" in phases:
+        _check_scaling(config)
     presets = measure.run_isolated(variants.degradation_presets) if "synthesis" in phases else []
     for name in config.degradations if presets else []:
         if name not in presets:
@@ -88,6 +90,19 @@ def check(config: BenchConfig) -> None:
         raise StartupError(
             f"lr_size={config.lr_size} is too small for kernel size {p} at x{config.scale}: set "
             f"lr_size={(p // 2) // config.scale + 1} or more"
+        )
+
+
+def _check_scaling(config: BenchConfig) -> None:
+    """The scaling phase fits two lines: two stage counts, and two batch · LR sizes."""
+    spec = config.scaling
+    pixels = {config.batch * int(size) ** 2 for size in spec.lr_sizes}
+    pixels |= {int(batch) * config.lr_size**2 for batch in spec.batches}
+    if len(set(spec.stages)) < 2 or len(pixels) < 2:
+        raise StartupError(
+            f"scaling fits a line over S and one over batch · LR pixels: give scaling.stages two "
+            f"values or more (got {list(spec.stages)}) and scaling.lr_sizes and scaling.batches "
+            f"two batch · LR sizes or more between them (got {sorted(pixels)})"
         )
 
 
