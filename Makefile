@@ -25,8 +25,8 @@ install: $(STAMP) ## Create $(VENV) and install kxnet with its test tools
 test: install ## Run the fast tests
 	$(PY) -m pytest -m "not slow" -q
 
-test-full: install ## Run every test, the slow ones included
-	$(PY) -m pytest -q
+test-full: install ## Run every test, the slow ones included (and list the 25 slowest)
+	$(PY) -m pytest -q --durations=25
 
 test-tables: install ## Check every Bicubic row of the paper's tables, all of BSD100 and Urban100 included
 	KXNET_TEST_FULL_TABLES=1 $(PY) -m pytest -q tests/test_eval.py -k full_bicubic_tables
