@@ -34,6 +34,7 @@ from kxnet.bench import runner as bench
 from kxnet.config import checked, project_root
 from kxnet.errors import one_line_errors
 from kxnet.schema import typed
+from kxnet.schema.commands import BenchConfig
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
 
@@ -70,7 +71,7 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
     return runs
 
 
-def _configs(runs: list[tuple[str, list[str]]], out: Path) -> list[tuple[str, Path, object]]:
+def _configs(runs: list[tuple[str, list[str]]], out: Path) -> list[tuple[str, Path, BenchConfig]]:
     """Each run's typed bench config, its options checked (a StartupError names the bad one)."""
     configs = []
     for i, (name, overrides) in enumerate(runs):
