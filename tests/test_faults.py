@@ -215,9 +215,9 @@ def test_one_line_errors_exit_status_and_traceback_on_request(capsys, monkeypatc
         raise StartupError("shown with its traceback")
 
 
-# One failure of each kind through the command itself (each start costs seconds).
-# One of each kind (data, option, output folder, checkpoint): the in-process test above checks
-# every one; these check the command's exit status and its single line on stderr.
+# One failure of each kind (data, option, output folder, checkpoint) through the command itself
+# (each start costs seconds): its exit status and single line on stderr. The in-process test
+# above checks every one.
 THROUGH_THE_COMMAND = [
     "unreadable image",
     "kernel larger than the patch allows",
