@@ -202,6 +202,6 @@ def test_gpu_script_runs_in_its_reduced_cpu_form(tmp_path):
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/bench.json"))]
     assert "GPU runs' options compose and pass their checks" in done.stdout, done.stdout[-3000:]
     assert len(reports) == 3  # x4 training step, scaling in bfloat16, Set5 x2
-    assert {"train/kxnet_compiled", "train/kxnet_bf16_compiled"} <= set(reports[0]["results"])
+    assert "train/kxnet_compiled" in reports[0]["results"]
     assert reports[1]["scaling"]["precision"] == "bfloat16"
     assert set(reports[2]["results"]) == {"infer/kxnet", "infer/authors"}

@@ -305,32 +305,6 @@ def _launches(output: str) -> int:
     return len(re.findall(r"Launching \d+ jobs", output))
 
 
-def test_ddp_with_two_gloo_processes(tmp_path, tiny_benchmark):
-    result = run_train(
-        [
-            *tiny_benchmark,
-            "debug=limit",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "data.batch_size=12",
-            "data.samples_per_epoch=24",
-            "logger=wandb",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    assert "Starting with 2 processes" in output
-    assert len(_wandb_runs(tmp_path)) == 1
-    # data.batch_size is the global batch: 6 patches a step on each rank, and the logs say so
-    for rank, log in ((0, "train.log"), (1, "train_rank1.log")):
-        text = (tmp_path / log).read_text()
-        assert f"rank {rank} of 2: 6 patches a step of the global batch of 12" in text
-    assert _loads(_weights(tmp_path)).num_stages == 2
-
-
 def test_a_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path, tiny_benchmark):
     cfg = compose_train(
         tmp_path,
@@ -347,7 +321,7 @@ def test_a_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path, tiny_b
 
 
 @pytest.mark.slow
-def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
+def test_multirun_with_ddp_runs_each_job_once_over_two_gloo_processes(tmp_path, tiny_benchmark):
     sweep = tmp_path / "sweep"
     result = run_train(
         [
@@ -358,6 +332,8 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
             "trainer=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
+            "data.batch_size=12",
+            "data.samples_per_epoch=24",
             "logger=wandb",
             f"hydra.sweep.dir={sweep}",
         ],
@@ -366,13 +342,16 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path, tiny_benchmark):
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert _launches(output) == 1
+    assert _launches(output) == 1 and "Starting with 2 processes" in output
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert not (tmp_path / "outputs").exists()
     for job, stages in (("0", 1), ("1", 2)):
         run = sweep / job
         assert len(_wandb_runs(run)) == 1
-        assert (run / "train_rank1.log").is_file()
+        # data.batch_size is the global batch: 6 patches a step on each rank, and the logs say so
+        for rank, log in ((0, "train.log"), (1, "train_rank1.log")):
+            text = (run / log).read_text()
+            assert f"rank {rank} of 2: 6 patches a step of the global batch of 12" in text
         best = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
         module = KXNetModule.load_from_checkpoint(best[0])
         assert module.net.num_stages == stages
