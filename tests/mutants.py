@@ -34,7 +34,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "test_module.py::test_loss_refuses_a_network_without_stages",
         ],
     ),
-    "metrics": (["metrics.py"], ["test_metrics.py"]),
+    "metrics": (["metrics.py", "train/metrics.py"], ["test_metrics.py"]),
     "official": (["official.py"], ["test_official.py"]),
     "checkpoint": (["checkpoint.py"], ["test_checkpoint.py"]),
     "synthesis": (

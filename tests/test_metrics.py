@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kxnet import metrics
+from kxnet.train import metrics as averages
 
 
 def _ref_prepare(x, crop, y_channel):
@@ -126,13 +127,13 @@ def test_metric_classes_average_per_image_values_not_pooled_mse():
     sr1, hr1 = _pair(batch=2, noise=0.01, seed=1)
     sr2, hr2 = _pair(batch=3, noise=0.2, seed=2)
     per_image = torch.cat([metrics.psnr(sr1, hr1, 2), metrics.psnr(sr2, hr2, 2)])
-    m = metrics.PSNR(crop=2)
+    m = averages.PSNR(crop=2)
     m.update(sr1, hr1)
     m.update(sr2, hr2)
     assert m.compute().item() == pytest.approx(per_image.mean().item(), abs=1e-12)
     pooled = 10 * math.log10(255**2 / (10 ** (-per_image / 10) * 255**2).mean().item())
     assert abs(m.compute().item() - pooled) > 0.5
-    s = metrics.SSIM(crop=2, y_channel=False)
+    s = averages.SSIM(crop=2, y_channel=False)
     s.update(sr1, hr1)
     s.update(sr2, hr2)
     per_image = torch.cat([metrics.ssim(sr1, hr1, 2, False), metrics.ssim(sr2, hr2, 2, False)])
@@ -149,7 +150,7 @@ def test_kernel_error_and_classes():
     torch.testing.assert_close(err["l1"], torch.tensor([0.2 / 25, 1.0 / 25], dtype=torch.float64))
     expected = [10 * math.log10(1 / (0.02 / 25)), 10 * math.log10(1 / (0.5 / 25))]
     torch.testing.assert_close(err["psnr"], torch.tensor(expected, dtype=torch.float64))
-    l1, kp = metrics.KernelL1(), metrics.KernelPSNR()
+    l1, kp = averages.KernelL1(), averages.KernelPSNR()
     for i in range(2):
         l1.update(est[i : i + 1], true[i : i + 1])
         kp.update(est[i : i + 1], true[i : i + 1])
@@ -163,7 +164,7 @@ def _ddp_worker(rank, world_size, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         sr, hr = _pair(batch=1 + 2 * rank, noise=0.03 * (rank + 1), seed=10 + rank)
-        p, s = metrics.PSNR(crop=2), metrics.SSIM(crop=2)
+        p, s = averages.PSNR(crop=2), averages.SSIM(crop=2)
         p.update(sr, hr)
         s.update(sr, hr)
         values = torch.stack([p.compute(), s.compute()])

@@ -81,6 +81,17 @@ def test_each_help_shows_its_usage_and_only_its_own_groups(tmp_path):
     assert groups == config_groups("train")
 
 
+def test_the_commands_that_do_not_train_start_without_lightning_and_torchmetrics():
+    """Their start-up time: torchmetrics (and what it imports) is a second or more."""
+    code = (
+        "import sys, kxnet.eval.__main__, kxnet.predict.__main__, kxnet.bench.__main__, "
+        "kxnet.train.__main__\n"
+        "print(sorted({'lightning', 'torchmetrics'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_config_groups_are_those_of_the_command_and_the_shared_folder():
     on_disk = {p.parent.name for p in (REPO / "conf" / "predict").rglob("*.yaml")} - {"predict"}
     shared = {p.parent.name for p in (REPO / "conf" / "shared").rglob("*.yaml")} - {"hydra"}

@@ -6,8 +6,9 @@ on the Y channel of MATLAB's ``rgb2ycbcr`` (BT.601, Y in 16…235, kept as a flo
 after cropping ``crop`` pixels from every border. PSNR is on the 0–255 range; SSIM is Wang et
 al. 2004 with an 11×11 Gaussian window (σ = 1.5), "valid" filtering and C1 = (0.01·255)²,
 C2 = (0.03·255)², averaged over pixels (and colour channels for RGB). Everything is computed in
-float64. The torchmetrics classes average per-image values, so a dataset score is the mean over
-its (image, kernel) pairs as in the paper, on one process or across DDP ranks.
+float64. Training averages them over images and DDP ranks with the torchmetrics classes of
+:mod:`kxnet.train.metrics` (not imported here: the evaluation and prediction commands start
+without torchmetrics).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import kornia
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 __all__ = [
     "quantize",
@@ -24,10 +24,6 @@ __all__ = [
     "ssim",
     "psnr_ssim",
     "kernel_error",
-    "PSNR",
-    "SSIM",
-    "KernelL1",
-    "KernelPSNR",
 ]
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -156,74 +152,3 @@ def kernel_error(est: Tensor, true: Tensor) -> dict[str, Tensor]:
         "l1": diff.abs().mean(dim=(1, 2)),
         "psnr": 10.0 * torch.log10(peak**2 / diff.pow(2).mean(dim=(1, 2))),
     }
-
-
-class _PerImageMean(Metric):
-    """Mean of a per-image value: sum and count states, summed across processes."""
-
-    full_state_update = False
-    is_differentiable = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        values = self._values(preds, target)
-        self.total += values.sum().to(self.total.device)
-        self.count += values.numel()
-
-    def compute(self) -> Tensor:
-        if self.count == 0:
-            raise RuntimeError(f"{type(self).__name__}.compute() called before any update()")
-        return self.total / self.count
-
-
-class PSNR(_PerImageMean):
-    """Mean PSNR-Y over images (border of ``scale`` cropped): ``update(sr, hr)`` with
-    B×3×H×W images in [0, 1]."""
-
-    higher_is_better = True
-
-    def __init__(self, crop: int, y_channel: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.crop, self.y_channel = crop, y_channel
-
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return psnr(preds, target, self.crop, self.y_channel)
-
-
-class SSIM(_PerImageMean):
-    """Mean SSIM-Y over images (border of ``scale`` cropped): ``update(sr, hr)`` with
-    B×3×H×W images in [0, 1]."""
-
-    higher_is_better = True
-
-    def __init__(self, crop: int, y_channel: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.crop, self.y_channel = crop, y_channel
-
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return ssim(preds, target, self.crop, self.y_channel)
-
-
-class KernelL1(_PerImageMean):
-    """Mean absolute kernel error over kernels: ``update(est, true)`` with B×p×p kernels."""
-
-    higher_is_better = False
-
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return kernel_error(preds, target)["l1"]
-
-
-class KernelPSNR(_PerImageMean):
-    """Mean kernel PSNR over kernels (peak = the true kernel's maximum): B×p×p, B×p×p."""
-
-    higher_is_better = True
-
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return kernel_error(preds, target)["psnr"]

@@ -19,11 +19,12 @@ from torchmetrics import MetricCollection
 from kxnet.data.synthesis import drawn_parameters
 from kxnet.instantiation import build
 from kxnet.loss import StageLoss
-from kxnet.metrics import PSNR, SSIM, KernelL1, KernelPSNR, psnr
+from kxnet.metrics import psnr
 from kxnet.nn.kxnet import KXNet, KXNetOutput
 from kxnet.pictures import comparison_strip, kernel_strip
 from kxnet.train import rng
 from kxnet.train.loggers import log_histograms, log_picture
+from kxnet.train.metrics import PSNR, SSIM, KernelL1, KernelPSNR
 
 __all__ = ["KXNetModule", "SplitMetrics", "set_label"]
 
