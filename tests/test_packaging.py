@@ -81,12 +81,12 @@ def test_each_help_shows_its_usage_and_only_its_own_groups(tmp_path):
     assert groups == config_groups("train")
 
 
-def test_the_commands_that_do_not_train_start_without_lightning_and_torchmetrics():
-    """Their start-up time: torchmetrics (and what it imports) is a second or more."""
+def test_the_commands_start_without_what_only_some_of_their_runs_need():
+    """Start-up time: torchmetrics and Lightning (training only) take seconds to import, onnx and
+    onnxruntime (``backend=onnx`` only) a second."""
     code = (
-        "import sys, kxnet.eval.__main__, kxnet.predict.__main__, kxnet.bench.__main__, "
-        "kxnet.train.__main__\n"
-        "print(sorted({'lightning', 'torchmetrics'} & set(sys.modules)))"
+        "import sys, kxnet.eval.__main__, kxnet.predict.__main__, kxnet.train.__main__\n"
+        "print(sorted({'lightning', 'torchmetrics', 'onnx', 'onnxruntime'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

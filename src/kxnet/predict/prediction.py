@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,6 @@ from kxnet.errors import USER_ERRORS, ImageReadError, Interrupted, PredictError,
 from kxnet.hardware import PRECISIONS, inference_autocast
 from kxnet.models import asked_properties, build_model
 from kxnet.nn.kxnet import KXNet
-from kxnet.onnx_network import OnnxKXNet
 from kxnet.predict.files import (
     NOT_FINITE,
     Strips,
@@ -73,6 +73,9 @@ from kxnet.predict.tiling import (
 )
 from kxnet.schema.commands import PredictConfig
 from kxnet.startup import check_device
+
+if TYPE_CHECKING:
+    from kxnet.onnx_network import OnnxKXNet
 
 __all__ = [
     "run",
@@ -455,7 +458,7 @@ def summary(results: Sequence[ImageResult], failures: Sequence[Failure], output_
 
 
 def _device(model: KXNet | OnnxKXNet) -> torch.device:
-    if isinstance(model, OnnxKXNet):
+    if not isinstance(model, KXNet):  # onnxruntime, on the CPU
         return torch.device("cpu")
     return next(iter(model.parameters()), model.k0).device
 
@@ -480,6 +483,8 @@ def _onnx_model(config: PredictConfig, options: PredictOptions) -> OnnxKXNet:
             "backend=onnx runs one kernel per image without the self-ensemble: drop kernel and "
             "self_ensemble, or use backend=torch"
         )
+    from kxnet.onnx_network import OnnxKXNet  # onnx and onnxruntime: a second to import
+
     model = OnnxKXNet(Path(config.ckpt_path))
     have = {
         "scale": model.scale,
