@@ -4,9 +4,10 @@ Pillow and the other PNG writers at hand take a whole image (or pull its rows fr
 iterator); prediction produces rows a strip of tiles at a time, for several images at once (the
 SR image and each stage's), so this small encoder takes them as they come: 8- or 16-bit gray or
 RGB, every row Paeth-filtered (computed with numpy from the raw rows, many rows at a time),
-zlib-compressed into IDAT chunks at level 1 by default: on x4 RealSRSet outputs (640² to
-1024²) 4.5× faster to write than zlib's default level 6 for files 12 % larger, and writing is
-most of what a large bicubic or small-network prediction costs.
+zlib-compressed into IDAT chunks at level 1 by default: on the x4 bicubic outputs of the
+RealSRSet photos 4.2× faster to write than zlib's default level 6 for files 12 % larger
+(``experiments/png_level.py``), and writing is most of what a large bicubic or small-network
+prediction costs.
 """
 
 from __future__ import annotations
