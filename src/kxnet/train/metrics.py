@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -38,32 +40,31 @@ class _PerImageMean(Metric):
         return self.total / self.count
 
 
-class PSNR(_PerImageMean):
-    """Mean PSNR-Y over images (border of ``scale`` cropped): ``update(sr, hr)`` with
-    B×3×H×W images in [0, 1]."""
+class _ImageMean(_PerImageMean):
+    """Mean of a per-image measure over images, the border of ``crop`` pixels cropped:
+    ``update(sr, hr)`` with B×3×H×W images in [0, 1]."""
 
     higher_is_better = True
+    measure: Callable[[Tensor, Tensor, int, bool], Tensor]
 
     def __init__(self, crop: int, y_channel: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.crop, self.y_channel = crop, y_channel
 
     def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return psnr(preds, target, self.crop, self.y_channel)
+        return type(self).measure(preds, target, self.crop, self.y_channel)
 
 
-class SSIM(_PerImageMean):
-    """Mean SSIM-Y over images (border of ``scale`` cropped): ``update(sr, hr)`` with
-    B×3×H×W images in [0, 1]."""
+class PSNR(_ImageMean):
+    """Mean PSNR-Y over images (border of ``crop`` cropped)."""
 
-    higher_is_better = True
+    measure = staticmethod(psnr)
 
-    def __init__(self, crop: int, y_channel: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.crop, self.y_channel = crop, y_channel
 
-    def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return ssim(preds, target, self.crop, self.y_channel)
+class SSIM(_ImageMean):
+    """Mean SSIM-Y over images (border of ``crop`` cropped)."""
+
+    measure = staticmethod(ssim)
 
 
 class KernelL1(_PerImageMean):
