@@ -52,8 +52,8 @@ def _runs(smoke: bool) -> list[tuple[str, list[str]]]:
         sweep = ["scaling.batches=[4,8,12]"]
     train = ["scale=4", "setting=iso", *size, *device]
     phases = "phases=[train]" if smoke else "phases=[train,infer,synthesis,hot_spots,conv]"
-    # smoke: compiled in float32 only (bfloat16 autocast wraps the same compiled stages; each
-    # first compile costs about half a minute on 2 cores)
+    # smoke: compiled in float32 only (bfloat16 goes through the same compile path under
+    # autocast; each first compile costs about half a minute on 2 cores)
     precisions = ["precisions=[float32]"] if smoke else []
     kinds = "x4 float32" if smoke else "x4 float32 and bfloat16"
     runs = [(f"{kinds}, eager and compiled", [*train, phases, "compare.compile=true", *precisions])]

@@ -52,7 +52,7 @@ class _ImageMean(_PerImageMean):
         self.crop, self.y_channel = crop, y_channel
 
     def _values(self, preds: Tensor, target: Tensor) -> Tensor:
-        return type(self).measure(preds, target, self.crop, self.y_channel)
+        return self.measure(preds, target, self.crop, self.y_channel)
 
 
 class PSNR(_ImageMean):
