@@ -22,14 +22,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create $(VENV) and install kxnet with its test tools
 
-test: install ## Run the fast tests
-	$(PY) -m pytest -m "not slow" -q
+# pytest-xdist: one test worker per core (the cores shared out among them: tests/conftest.py);
+# WORKERS=0 runs the tests in this process.
+WORKERS ?= auto
+XDIST := -n $(WORKERS) --dist worksteal
+
+test: install ## Run the fast tests (WORKERS=N: N at once, default one per core)
+	$(PY) -m pytest $(XDIST) -m "not slow" -q
 
 test-full: install ## Run every test, the slow ones included (and list the 25 slowest)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest $(XDIST) -q --durations=25
 
 test-tables: install ## Check every Bicubic row of the paper's tables, all of BSD100 and Urban100 included
-	KXNET_TEST_FULL_TABLES=1 $(PY) -m pytest -q tests/test_eval.py -k full_bicubic_tables
+	KXNET_TEST_FULL_TABLES=1 $(PY) -m pytest $(XDIST) -q tests/test_eval.py -k full_bicubic_tables
 
 lint: install ## Check style with ruff
 	$(PY) -m ruff check src tests experiments notebooks

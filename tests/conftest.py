@@ -1,10 +1,26 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# The degraded test sets are cached in a temporary folder of this test session (its workers share
+# it), not in the checkout's .cache/: the tests that check that a command leaves the checkout as it
+# was can run beside the others (pytest-xdist).
+if "KXNET_BENCHMARK_CACHE" not in os.environ:
+    os.environ["KXNET_BENCHMARK_CACHE"] = tempfile.mkdtemp(prefix="kxnet-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["KXNET_BENCHMARK_CACHE"], ignore_errors=True)
+# Under pytest-xdist (`make test`: one worker per core), the cores are shared out among the
+# workers and the processes they start: two workers of two threads each on two cores would
+# oversubscribe them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(autouse=True)

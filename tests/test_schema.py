@@ -135,6 +135,25 @@ def test_relative_paths_are_taken_against_the_root_dir_whatever_the_working_dire
     assert evaluation.ckpt_path == str(root / "w.pt")
 
 
+@pytest.mark.parametrize("app", ["train", "eval"])
+def test_the_benchmark_cache_is_under_the_root_dir_unless_the_environment_moves_it(
+    app, tmp_path, monkeypatch
+):
+    root = tmp_path / "root"
+    monkeypatch.delenv("KXNET_BENCHMARK_CACHE")
+
+    def cache_dir() -> str:
+        return checked(
+            _compose(app, f"paths.root_dir={root}", "paths.output_dir=o")
+        ).paths.cache_dir
+
+    assert cache_dir() == str(root / ".cache" / "benchmarks")
+    monkeypatch.setenv("KXNET_BENCHMARK_CACHE", "scratch/lr")
+    assert cache_dir() == str(root / "scratch" / "lr")
+    monkeypatch.setenv("KXNET_BENCHMARK_CACHE", str(tmp_path / "elsewhere"))
+    assert cache_dir() == str(tmp_path / "elsewhere")
+
+
 def test_eval_and_predict_leave_the_model_to_the_checkpoint_unless_set(tmp_path):
     cfg = checked(_compose("eval", f"paths.output_dir={tmp_path}"))
     assert (cfg.scale, cfg.setting, cfg.model.net.stages, cfg.model.net.kernel_size) == (
@@ -255,6 +274,7 @@ def test_train_eval_and_predict_from_a_subfolder_read_and_write_under_the_root_d
     baby.crop((0, 0, 48, 40)).save(root / "lr.png")
     before = _listing(checkout)
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
+    env.pop("KXNET_BENCHMARK_CACHE", None)  # the default: .cache/ under the root dir
 
     def run(command: str, *args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run(
