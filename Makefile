@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create $(VENV) and install kxnet with its test tools
 
-# pytest-xdist: one test worker per core (the cores shared out among them: tests/conftest.py);
-# WORKERS=0 runs the tests in this process.
+# pytest-xdist: one test worker per core, 8 at most (the cores shared out among them:
+# tests/conftest.py); WORKERS=N sets their number, WORKERS=0 runs the tests in this process.
 WORKERS ?= auto
-XDIST := -n $(WORKERS) --dist worksteal
+XDIST := -n $(WORKERS) --maxprocesses 8 --dist worksteal
 
 test: install ## Run the fast tests (WORKERS=N: N at once, default one per core)
 	$(PY) -m pytest $(XDIST) -m "not slow" -q
