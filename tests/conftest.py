@@ -12,8 +12,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # it), not in the checkout's .cache/: the tests that check that a command leaves the checkout as it
 # was can run beside the others (pytest-xdist).
 if "KXNET_BENCHMARK_CACHE" not in os.environ:
-    os.environ["KXNET_BENCHMARK_CACHE"] = tempfile.mkdtemp(prefix="kxnet-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["KXNET_BENCHMARK_CACHE"], ignore_errors=True)
+    _CACHE, _OWNER = tempfile.mkdtemp(prefix="kxnet-test-cache-"), os.getpid()
+    os.environ["KXNET_BENCHMARK_CACHE"] = _CACHE
+
+    def _remove_the_cache() -> None:
+        if os.getpid() == _OWNER:  # not in a forked child that exits through Python
+            shutil.rmtree(_CACHE, ignore_errors=True)
+
+    atexit.register(_remove_the_cache)
 # Under pytest-xdist (`make test`: one worker per core), the cores are shared out among the
 # workers and the processes they start: two workers of two threads each on two cores would
 # oversubscribe them.
