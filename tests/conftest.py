@@ -24,7 +24,8 @@ if "KXNET_BENCHMARK_CACHE" not in os.environ:
 # workers and the processes they start: two workers of two threads each on two cores would
 # oversubscribe them.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _threads = max(1, (_cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 
