@@ -17,7 +17,8 @@ from kxnet.predict import prediction
 from kxnet.schema import typed
 
 
-def _checked(app: str, overrides: Sequence[str]):
+def typed_config(app: str, overrides: Sequence[str]):
+    """The typed config that ``python -m kxnet.APP OVERRIDES`` hands over."""
     check_command_line(app, overrides)  # a value the schema refuses: one line, as main() says
     with initialize_config_module(f"kxnet.conf.{app}", version_base="1.3"):
         return typed(checked(compose(app, overrides=list(overrides))), app)
@@ -29,7 +30,7 @@ def run_eval(overrides: Sequence[str]) -> int:
     if not any(o.startswith("paths.output_dir=") for o in overrides):
         overrides = [*overrides, f"paths.output_dir={tempfile.mkdtemp(prefix='eval-')}"]
     try:
-        config = _checked("eval", overrides)
+        config = typed_config("eval", overrides)
     except USER_ERRORS as err:
         return report_error(err)
     return eval_run.run(config, overrides)
@@ -41,7 +42,7 @@ def run_predict(overrides: Sequence[str]) -> int:
     output = [o.split("=", 1)[1] for o in overrides if o.startswith("output=")]
     run_folder = [f"paths.output_dir={output[0]}"] if output else []
     try:
-        config = _checked("predict", [*run_folder, *overrides])
+        config = typed_config("predict", [*run_folder, *overrides])
     except USER_ERRORS as err:
         return report_error(err)
     return prediction.run(config)
@@ -51,7 +52,7 @@ def run_bench(overrides: Sequence[str]) -> int:
     """``python -m kxnet.bench OVERRIDES``'s exit status; the run folder is ``paths.output_dir``
     (give it)."""
     try:
-        measure(_checked("bench", overrides))
+        measure(typed_config("bench", overrides))
     except USER_ERRORS as err:
         return report_error(err)
     return 0

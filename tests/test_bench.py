@@ -158,6 +158,30 @@ def test_the_backends_phase_times_one_image_through_each_backend(tmp_path):
     assert report["targets"]["backend_time_ratio"]["value"] > 0
 
 
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ([], set(BACKENDS)),
+        (["precisions=[float32]"], {"torch", "torch_compiled", "onnxruntime", "authors"}),
+        (["compare.compile=false"], {"torch", "torch_bf16", "onnxruntime", "authors"}),
+    ],
+)
+def test_the_backends_are_those_of_the_chosen_precisions_and_compilation(
+    overrides, expected, tmp_path
+):
+    import torch
+
+    from commandhelp import typed_config
+    from kxnet.bench.plan import backend_specs
+
+    config = typed_config("bench", [*overrides, f"paths.output_dir={tmp_path}"])
+    specs = backend_specs(config, torch.device("cpu"))
+    assert set(specs) == expected
+    for name, spec in specs.items():
+        _, backend, dtype, formulation, compiled = BACKENDS[name]
+        assert (spec["backend"], spec["dtype"], spec["compile"]) == (backend, dtype, compiled)
+
+
 def test_phases_can_be_chosen_and_bad_options_are_refused(tmp_path, capsys):
     def bench(*overrides):
         return run_bench([*overrides, f"paths.output_dir={tmp_path}"])

@@ -26,6 +26,7 @@ __all__ = ["BACKENDS", "measure_backend", "export_for"]
 # name → (label, backend, precision, formulation, torch.compile of each stage)
 BACKENDS = {
     "torch": ("PyTorch, float32", "torch", "float32", "ours", False),
+    "torch_compiled": ("PyTorch, float32, compiled", "torch", "float32", "ours", True),
     "torch_bf16": ("PyTorch, bfloat16 autocast", "torch", "bfloat16", "ours", False),
     "torch_bf16_compiled": (
         "PyTorch, bfloat16 autocast, compiled",

@@ -210,7 +210,9 @@ def profile_specs(config: BenchConfig, device: torch.device) -> dict[str, dict[s
 
 def backend_specs(config: BenchConfig, device: torch.device) -> dict[str, dict[str, Any]]:
     """The backends phase: one image of ``backends.lr_size``² LR pixels through each backend of
-    :data:`kxnet.bench.backends.BACKENDS` (CPU)."""
+    :data:`kxnet.bench.backends.BACKENDS` (CPU) in one of ``precisions``, the compiled ones only
+    with ``compare.compile`` (``precisions=[float32]`` on a CPU without native bfloat16, where
+    bfloat16 is emulated and many times slower)."""
     ours, theirs = sides(config, device, None)
     common = {
         "device": "cpu",
@@ -221,6 +223,8 @@ def backend_specs(config: BenchConfig, device: torch.device) -> dict[str, dict[s
     }
     specs = {}
     for name, (_, backend, dtype, formulation, compiled) in BACKENDS.items():
+        if dtype not in config.precisions or (compiled and not config.compare.compile):
+            continue
         side = theirs if formulation == "authors" else ours
         specs[name] = side | common | {"backend": backend, "dtype": dtype, "compile": compiled}
     return specs
