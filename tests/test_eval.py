@@ -285,7 +285,8 @@ def _one_line_error(result, *fragments):
 
 def test_startup_failures_are_one_line_with_exit_2(tmp_path, tiny_bench, tiny_weights):
     def cli(*extra):
-        return _cli(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}", *extra))
+        run_dir = f"hydra.run.dir={tmp_path / 'run'}"  # not the checkout's outputs/
+        return _cli(_overrides(tmp_path, tiny_bench, f"ckpt_path={tiny_weights}", run_dir, *extra))
 
     nowhere = tmp_path / "nowhere"  # the command's exit status and line; the rest in-process
     _one_line_error(
@@ -325,7 +326,8 @@ def test_startup_checks_in_process(tmp_path, tiny_bench, tiny_weights, capsys):
 
 def test_full_error_shows_the_traceback(tmp_path, tiny_bench):
     result = _cli(
-        _overrides(tmp_path, tiny_bench, "model.net.stages=7"), env={"HYDRA_FULL_ERROR": "1"}
+        _overrides(tmp_path, tiny_bench, "model.net.stages=7", f"hydra.run.dir={tmp_path / 'run'}"),
+        env={"HYDRA_FULL_ERROR": "1"},
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "EvalError" in result.stderr

@@ -52,6 +52,7 @@ def test_predict_with_backend_onnx_writes_what_the_torch_backend_writes(exported
             f"ckpt_path={folder / ckpt}",
             f"input={tmp_path / 'head.png'}",
             f"output={tmp_path / backend}",
+            f"hydra.run.dir={tmp_path / 'run' / backend}",  # not the checkout's outputs/
             "scale=2",
             "setting=iso",
         ]
