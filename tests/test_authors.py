@@ -43,11 +43,3 @@ def test_the_authors_formulation_is_a_variant_of_the_same_network():
     (g_ours,) = torch.autograd.grad(ours.sr.sum(), model.stages[0].knet.gamma)
     (g_theirs,) = torch.autograd.grad(theirs.sr.sum(), theirs_model.stages[0].knet.gamma)
     torch.testing.assert_close(g_ours, g_theirs)
-
-
-@pytest.mark.parametrize("s,p", [(2, 11), (4, 21)])
-def test_the_exportable_kernel_gradient_computes_what_ours_computes(s, p):
-    x, _, r = _inputs(s, p)
-    torch.testing.assert_close(
-        physics.kernel_gradient_by_correlation(x, r, p, s), physics.kernel_gradient(x, r, p, s)
-    )

@@ -5,8 +5,7 @@ inference with onnxruntime.
 
 The model takes ``lr`` (1×3×h×w, float32 in [0, 1], any h and w from the smallest input the
 kernel's padding allows) and returns ``sr`` (1×3×h·s×w·s, the final stage) and ``kernel``
-(1×p×p, the final kernel estimate). The data terms are exported in their forward-only
-formulation (:data:`kxnet.physics.EXPORTABLE`: same results). The network's configuration
+(1×p×p, the final kernel estimate). The network's configuration
 (scale, stages, kernel size, setting) is stored in the model's metadata, where
 :class:`kxnet.onnx_network.OnnxKXNet` reads it.
 
@@ -24,7 +23,6 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from kxnet import physics
 from kxnet.atomic import atomic_path
 from kxnet.checkpoint import load_model
 from kxnet.errors import USER_ERRORS, StartupError, report_error
@@ -58,7 +56,6 @@ def export_onnx(model: KXNet, path: str | Path) -> Path:
         stages=model.num_stages,
         kernel_size=model.kernel_size,
         setting=model.setting,
-        operators=physics.EXPORTABLE,
     )
     twin.load_state_dict(model.state_dict())
     smallest = min_input_size(model.scale, model.kernel_size, model.num_stages)
@@ -69,7 +66,7 @@ def export_onnx(model: KXNet, path: str | Path) -> Path:
         3: torch.export.Dim("width", min=smallest, max=_MAX_SIDE),
     }
     program = torch.onnx.export(
-        _Final(twin.eval()),
+        _Final(twin).eval(),
         (example,),
         dynamo=True,
         dynamic_shapes={"lr": dims},

@@ -61,8 +61,7 @@ class KXNet(nn.Module):
             name such as ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. Parameter
             names and the state dict are those of the eager model.
         operators: the formulation of the data terms (:class:`kxnet.physics.Operators`): ours
-            (:data:`~kxnet.physics.OURS`), one that an exporter can trace
-            (:data:`~kxnet.physics.EXPORTABLE`), or the authors' (:mod:`kxnet.bench.authors`).
+            (:data:`~kxnet.physics.OURS`) or the authors' (:mod:`kxnet.bench.authors`).
             Same weights and, up to rounding, the same results.
 
     Under ``torch.autocast`` only the proximal networks run in the lower precision; the data
