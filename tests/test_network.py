@@ -277,3 +277,17 @@ def test_stage_kernels_are_checked():
         model(lr, stage_kernels=[k])
     with pytest.raises(ValueError, match="not both"):
         model(lr, true_kernel=k, stage_kernels=[k, k])
+
+
+@pytest.mark.slow
+def test_compiled_stages_restore_images_of_changing_size_as_eager_does():
+    """Tiles and photos come in many sizes: the compiled stages recompile for dynamic shapes,
+    where the data terms' convolutions (and the kernel gradient's image-sized filter) must still
+    lower."""
+    eager, compiled = _twins(compile=True, channels_last=False)
+    with torch.no_grad():
+        for height, width in [(12, 12), (14, 18), (20, 16)]:
+            lr = torch.rand(1, 3, height, width)
+            ours, ref = compiled(lr), eager(lr)
+            torch.testing.assert_close(ours.sr, ref.sr, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(ours.kernel, ref.kernel, atol=1e-6, rtol=1e-4)

@@ -18,8 +18,10 @@ strided convolution and the kernel gradient is the weight gradient of that convo
 The three convolutions these operators are made of (the strided correlation, its transpose in
 the image and its transpose in the kernel) are each other's gradients, and autograd is given
 them so (``_Correlate``, ``_Spread``, ``_Taps``): every forward and backward pass then runs
-forward convolutions only, which an exporter can trace and which oneDNN runs 3-5× faster than
-its backward of a depthwise p×p convolution.
+forward convolutions only, which oneDNN runs 3-5× faster than its backward of a depthwise p×p
+convolution. Under ``torch.compile`` the plain convolutions go to Inductor, which differentiates
+them itself (faster there, and the only form it compiles for images of changing size); under
+``torch.export`` (ONNX) the kernel gradient is the forward convolution.
 
 The convolutions are depthwise: the B·C image planes are the channels of a single image, each
 with its own filter (the sample's kernel, repeated over colours), the form oneDNN and cuDNN
@@ -108,19 +110,18 @@ def _correlate(xp: Tensor, k: Tensor, scale: int) -> Tensor:
     return y.reshape(batch, channels, *y.shape[-2:])
 
 
-def _spread(e: Tensor, k: Tensor, scale: int, size: tuple[int, int]) -> Tensor:
-    """The transpose of :func:`_correlate` in ``xp``: B×C×h×w, B×p×p → B×C×L×M (``size``), where
-    L and M lie less than s past the last row and column a tap reaches, ``(h − 1)·s + p``."""
-    batch, channels, h, w = e.shape
-    p = k.shape[-1]
+def _spread(e: Tensor, k: Tensor, scale: int) -> Tensor:
+    """The transpose of :func:`_correlate` in ``xp``: B×C×h×w, B×p×p → B×C×(h·s+p−1)×(w·s+p−1),
+    the padded size of an image of h·s×w·s."""
+    batch, channels = e.shape[:2]
     out = F.conv_transpose2d(
         _planes(e),
         _filters(k, channels),
         stride=scale,
-        output_padding=(size[0] - (h - 1) * scale - p, size[1] - (w - 1) * scale - p),
+        output_padding=scale - 1,
         groups=batch * channels,
     )
-    return out.reshape(batch, channels, *size)
+    return out.reshape(batch, channels, *out.shape[-2:])
 
 
 def _taps(xp: Tensor, e: Tensor, p: int, scale: int) -> Tensor:
@@ -130,7 +131,8 @@ def _taps(xp: Tensor, e: Tensor, p: int, scale: int) -> Tensor:
     """
     batch, channels, h, w = e.shape
     planes = batch * channels
-    reached = _planes(xp)[..., : (h - 1) * scale + p, : (w - 1) * scale + p]
+    # the last s − 1 rows and columns of the padded image are reached by no tap
+    reached = _planes(xp)[..., : xp.shape[-2] - scale + 1, : xp.shape[-1] - scale + 1]
     g = F.conv2d(reached, e.reshape(planes, 1, h, w), dilation=scale, groups=planes)
     return g.reshape(batch, channels, p, p)
 
@@ -149,7 +151,7 @@ class _Correlate(torch.autograd.Function):
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         xp, k = ctx.saved_tensors
         need_xp, need_k, _ = ctx.needs_input_grad
-        grad_xp = _Spread.apply(g, k, ctx.scale, xp.shape[-2:]) if need_xp else None
+        grad_xp = _Spread.apply(g, k, ctx.scale) if need_xp else None
         grad_k = _Taps.apply(xp, g, k.shape[-1], ctx.scale).sum(1) if need_k else None
         return grad_xp, grad_k, None
 
@@ -158,18 +160,18 @@ class _Spread(torch.autograd.Function):
     """:func:`_spread`, its gradients as :func:`_correlate` and :func:`_taps`."""
 
     @staticmethod
-    def forward(ctx, e: Tensor, k: Tensor, scale: int, size: tuple[int, int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, e: Tensor, k: Tensor, scale: int) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(e, k)
         ctx.scale = scale
-        return _spread(e, k, scale, size)
+        return _spread(e, k, scale)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         e, k = ctx.saved_tensors
-        need_e, need_k, _, _ = ctx.needs_input_grad
+        need_e, need_k, _ = ctx.needs_input_grad
         grad_e = _Correlate.apply(g, k, ctx.scale) if need_e else None
         grad_k = _Taps.apply(g, e, k.shape[-1], ctx.scale).sum(1) if need_k else None
-        return grad_e, grad_k, None, None
+        return grad_e, grad_k, None
 
 
 class _Taps(torch.autograd.Function):
@@ -191,7 +193,7 @@ class _Taps(torch.autograd.Function):
         grad_xp = grad_e = None
         if need_xp:
             plane_e = e.reshape(-1, 1, *e.shape[-2:])
-            grad_xp = _Spread.apply(plane_e, filters, ctx.scale, xp.shape[-2:]).reshape(xp.shape)
+            grad_xp = _Spread.apply(plane_e, filters, ctx.scale).reshape(xp.shape)
         if need_e:
             plane_xp = xp.reshape(-1, 1, *xp.shape[-2:])
             grad_e = _Correlate.apply(plane_xp, filters, ctx.scale).reshape(e.shape)
@@ -204,7 +206,10 @@ def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
     The residuals of K-net (e_k, Eq. 9) and X-net (E_x, Eq. 10) are ``blur_downsample(x, k) − y``.
     """
     check_shapes(x, k, scale)
-    return _Correlate.apply(_pad(x, k.shape[-1]), k.to(x.dtype), scale)
+    xp, k = _pad(x, k.shape[-1]), k.to(x.dtype)
+    if torch.compiler.is_compiling():  # torch.compile and torch.export differentiate it
+        return _correlate(xp, k, scale)
+    return _Correlate.apply(xp, k, scale)
 
 
 def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
@@ -215,7 +220,9 @@ def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
     _check_kernels(k, e.shape[0], scale)
     height, width = e.shape[-2] * scale, e.shape[-1] * scale
     p = k.shape[-1]
-    full = _Spread.apply(e, k.to(e.dtype), scale, (height + p - 1, width + p - 1))
+    k = k.to(e.dtype)
+    compiling = torch.compiler.is_compiling()
+    full = _spread(e, k, scale) if compiling else _Spread.apply(e, k, scale)
     return full[..., p // 2 : p // 2 + height, p // 2 : p // 2 + width]
 
 
@@ -263,7 +270,17 @@ def kernel_gradient(x: Tensor, r: Tensor, p: int, scale: int) -> Tensor:
         raise ValueError(
             f"residual shape {tuple(r.shape)} does not match image {tuple(x.shape)} at x{scale}"
         )
-    grad = _Taps.apply(_pad(x, p), r.to(x.dtype), p, scale)
+    xp, r = _pad(x, p), r.to(x.dtype)
+    if torch.compiler.is_exporting():
+        grad = _taps(xp, r, p, scale)
+    elif torch.compiler.is_compiling():
+        # Inductor cannot lower a convolution whose filter (r) changes size with the image
+        planes = batch * channels
+        grad = torch.nn.grad.conv2d_weight(
+            _planes(xp), (planes, 1, p, p), _planes(r), stride=scale, groups=planes
+        ).reshape(batch, channels, p, p)
+    else:
+        grad = _Taps.apply(xp, r, p, scale)
     return grad.sum(1) / (channels * r.shape[-2] * r.shape[-1])
 
 
