@@ -70,20 +70,38 @@ EQUIVALENT: dict[str, str] = {
     "kxnet.physics.x_kernel_gradient__mutmut_4": (
         "width / scale for width // scale in the shape check: the same for HR sizes s·w"
     ),
-    "kxnet.physics.x_kernel_gradient__mutmut_42": "r.shape[+2] for r.shape[-2]: r is B×C×h×w",
     "kxnet.physics.x_check_shapes__mutmut_13": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
     "kxnet.physics.x_check_shapes__mutmut_14": "k.shape[-2] for k.shape[-1]: kernels are square",
     "kxnet.physics.x_check_shapes__mutmut_16": "x.shape[+2:] for x.shape[-2:]: x is B×C×H×W",
     "kxnet.physics.x_check_shapes__mutmut_22": "p / 2 >= m for p // 2 >= m: the same for odd p, m",
-    "kxnet.physics.x_blur_downsample__mutmut_15": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
-    "kxnet.physics.x_transpose_upsample__mutmut_35": "k.shape[+1] for k.shape[-1]: B×p×p",
-    "kxnet.physics.x_transpose_upsample__mutmut_36": "k.shape[-2] for k.shape[-1]: square",
-    "kxnet.physics.x_transpose_upsample__mutmut_46": "out.shape[+2:] for out.shape[-2:]: 4-D",
     "kxnet.physics.x_transpose_ones__mutmut_3": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
     "kxnet.physics.x_transpose_ones__mutmut_4": "k.shape[-2] for k.shape[-1]: kernels are square",
     "kxnet.physics.x__planes__mutmut_9": "t.shape[+2:] for t.shape[-2:]: t is B×C×H×W",
-    "kxnet.physics.x_blur_downsample__mutmut_16": "k.shape[-2] for k.shape[-1]: kernels are square",
-    "kxnet.physics.x_blur_downsample__mutmut_38": "y.shape[+2:] for y.shape[-2:]: y is 4-D",
+    "kxnet.physics.x_kernel_gradient__mutmut_61": "r.shape[+2] for r.shape[-2]: r is B×C×h×w",
+    "kxnet.physics.x_blur_downsample__mutmut_12": "k.shape[+1] for k.shape[-1]: kernels are B×p×p",
+    "kxnet.physics.x_blur_downsample__mutmut_13": "k.shape[-2] for k.shape[-1]: kernels are square",
+    "kxnet.physics.x_transpose_upsample__mutmut_14": "e.shape[+2] for e.shape[-2]: e is B×C×h×w",
+    "kxnet.physics.x_transpose_upsample__mutmut_20": "k.shape[+1] for k.shape[-1]: B×p×p",
+    "kxnet.physics.x_transpose_upsample__mutmut_21": "k.shape[-2] for k.shape[-1]: square",
+    "kxnet.physics.x__check_kernels__mutmut_16": "k.shape[+1] for k.shape[-1]: checked 3-D before",
+    "kxnet.physics.x__check_kernels__mutmut_17": "k.shape[-2] for k.shape[-1]: checked square",
+    "kxnet.physics.x__check_kernels__mutmut_23": (
+        "k.shape[-2] for k.shape[-1] in the odd-size message: checked square just before"
+    ),
+    "kxnet.physics.xǁ_Correlateǁbackward__mutmut_24": "k.shape[+1] for k.shape[-1]: B×p×p",
+    "kxnet.physics.xǁ_Correlateǁbackward__mutmut_25": "k.shape[-2] for k.shape[-1]: square",
+    "kxnet.physics.xǁ_Spreadǁbackward__mutmut_24": "k.shape[+1] for k.shape[-1]: B×p×p",
+    "kxnet.physics.xǁ_Spreadǁbackward__mutmut_25": "k.shape[-2] for k.shape[-1]: square",
+    "kxnet.physics.xǁ_Tapsǁbackward__mutmut_9": "g.shape[+2:] for g.shape[-2:]: g is B×C×p×p",
+    "kxnet.physics.xǁ_Tapsǁbackward__mutmut_21": "e.shape[+2:] for e.shape[-2:]: e is B×C×h×w",
+    "kxnet.physics.xǁ_Tapsǁbackward__mutmut_40": "xp.shape[+2:] for xp.shape[-2:]: 4-D",
+    "kxnet.physics.x__spread__mutmut_27": "out.shape[+2:] for out.shape[-2:]: out is 4-D",
+    "kxnet.physics.x__correlate__mutmut_23": "y.shape[+2:] for y.shape[-2:]: y is 4-D",
+    "kxnet.physics.x__taps__mutmut_8": "xp.shape[+2] for xp.shape[-2]: xp is 4-D",
+    "kxnet.physics.x__planes__mutmut_3": (
+        "t.reshape(-1, H, W) for t.reshape(1, -1, H, W): conv2d and conv_transpose2d take an "
+        "unbatched C×H×W input alike, and every caller reshapes their output"
+    ),
     "kxnet.physics.x__check_kernels__mutmut_22": (
         "k.shape[+1] for k.shape[-1] in the odd-size message: checked square and 3-D just before"
     ),

@@ -345,6 +345,67 @@ def test_the_backward_passes_run_forward_convolutions_only():
     assert not {name for name in names if "convolution_backward" in name}
 
 
+def _op_names(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiling", "exporting"])
+def test_each_tracing_mode_takes_its_form_of_the_operators(monkeypatch, mode):
+    """Eager: the autograd functions, no convolution_backward anywhere. torch.compile: PyTorch's
+    convolutions, which Inductor differentiates, the kernel gradient as conv2d_weight. torch.export
+    (ONNX): the kernel gradient as a forward convolution. The same values and gradients in each."""
+    monkeypatch.setattr(physics, "is_compiling", lambda: mode != "eager")
+    monkeypatch.setattr(physics, "is_exporting", lambda: mode == "exporting")
+    scale, p = 3, 7
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 15, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.rand(2, p, p, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(2, 3, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    pairs = [
+        (physics.blur_downsample, _aten_blur_downsample, (x, k, scale)),
+        (physics.transpose_upsample, _aten_transpose_upsample, (r, k, scale)),
+        (physics.kernel_gradient, _aten_kernel_gradient, (x, r, p, scale)),
+    ]
+    for ours_op, aten_op, args in pairs:
+        inputs = [a for a in args if isinstance(a, torch.Tensor)]
+        ours, ref = ours_op(*args), aten_op(*args)
+        torch.testing.assert_close(ours, ref)
+        weight = torch.rand(ours.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((ours * weight).sum(), inputs)
+        refs = torch.autograd.grad((ref * weight).sum(), inputs)
+        for a, b in zip(grads, refs, strict=True):
+            torch.testing.assert_close(a, b)
+    forward = _op_names(lambda: physics.kernel_gradient(x.detach(), r.detach(), p, scale))
+    assert ("aten::convolution_backward" in forward) == (mode == "compiling")
+    for op, signal in [(physics.blur_downsample, x), (physics.transpose_upsample, r)]:
+        out = op(signal, k, scale)
+        backward = _op_names(lambda out=out: out.sum().backward())
+        assert ("aten::convolution_backward" in backward) == (mode != "eager"), op.__name__
+    out = physics.kernel_gradient(x, r, p, scale)
+    backward = _op_names(lambda: out.sum().backward())
+    differentiated = {"aten::convolution_backward", "ConvolutionBackwardBackward0"}
+    assert bool(differentiated & backward) == (mode != "eager")
+
+
+@pytest.mark.parametrize("wanted", ["signal", "kernel"])
+def test_the_backward_pass_computes_only_the_gradients_asked_for(wanted):
+    """One convolution per gradient: none for an input that needs no gradient (K-net's kernel
+    step needs no gradient in the image when the image is given, X-net's none in a fixed
+    kernel)."""
+    x, k = _batch(1, 3, 8, 2, 5, dtype=torch.float32)
+    e = torch.rand(1, 3, 8, 8)
+    for op, signal in [(physics.blur_downsample, x), (physics.transpose_upsample, e)]:
+        signal, kernel = signal.clone(), k.clone()
+        (signal if wanted == "signal" else kernel).requires_grad_(True)
+        out = op(signal, kernel, 2)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out.sum().backward()
+        counts = {event.key: event.count for event in prof.key_averages()}
+        assert counts.get("aten::convolution") == 1, op.__name__
+
+
 def test_kernel_gradient_names_a_residual_of_the_wrong_shape():
     x = torch.rand(2, 3, 12, 20, dtype=torch.float64)
     r = torch.rand(2, 3, 1, 1, dtype=torch.float64)

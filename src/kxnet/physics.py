@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.compiler import is_compiling, is_exporting
 
 __all__ = [
     "Operators",
@@ -207,7 +208,7 @@ def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
     """
     check_shapes(x, k, scale)
     xp, k = _pad(x, k.shape[-1]), k.to(x.dtype)
-    if torch.compiler.is_compiling():  # torch.compile and torch.export differentiate it
+    if is_compiling():  # torch.compile and torch.export differentiate it
         return _correlate(xp, k, scale)
     return _Correlate.apply(xp, k, scale)
 
@@ -221,7 +222,7 @@ def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
     height, width = e.shape[-2] * scale, e.shape[-1] * scale
     p = k.shape[-1]
     k = k.to(e.dtype)
-    compiling = torch.compiler.is_compiling()
+    compiling = is_compiling()
     full = _spread(e, k, scale) if compiling else _Spread.apply(e, k, scale)
     return full[..., p // 2 : p // 2 + height, p // 2 : p // 2 + width]
 
@@ -271,9 +272,9 @@ def kernel_gradient(x: Tensor, r: Tensor, p: int, scale: int) -> Tensor:
             f"residual shape {tuple(r.shape)} does not match image {tuple(x.shape)} at x{scale}"
         )
     xp, r = _pad(x, p), r.to(x.dtype)
-    if torch.compiler.is_exporting():
+    if is_exporting():
         grad = _taps(xp, r, p, scale)
-    elif torch.compiler.is_compiling():
+    elif is_compiling():
         # Inductor cannot lower a convolution whose filter (r) changes size with the image
         planes = batch * channels
         grad = torch.nn.grad.conv2d_weight(
