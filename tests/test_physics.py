@@ -267,12 +267,8 @@ def test_float32_kernels_act_on_float64_images_in_float64():
 
 
 def _aten_blur_downsample(x, k, s):
-    """Reference A_k: PyTorch's strided depthwise convolution, differentiated by autograd."""
-    b, c, height, width = x.shape
-    p = k.shape[-1]
-    xp = F.pad(x, [p // 2] * 4, mode="reflect").reshape(1, b * c, height + p - 1, width + p - 1)
-    filters = k.unsqueeze(1).expand(b, c, p, p).reshape(b * c, 1, p, p)
-    return F.conv2d(xp, filters, stride=s, groups=b * c).reshape(b, c, height // s, width // s)
+    """Reference A_k: PyTorch's convolution at full resolution, subsampled, by autograd."""
+    return _full_blur(x, k, "reflect")[..., ::s, ::s]
 
 
 def _aten_transpose_upsample(e, k, s):
@@ -334,23 +330,6 @@ def test_the_operators_and_their_gradients_are_those_of_pytorchs_convolutions(sc
     r = torch.rand(2, 3, size[0] // scale, size[1] // scale, generator=g, dtype=torch.float64)
     r.requires_grad_(True)
     _assert_as_pytorchs_convolutions(x, k, r, p, scale, second_order=True)
-
-
-def test_the_backward_passes_run_forward_convolutions_only():
-    """oneDNN's backward of a depthwise p×p convolution is several times slower than the
-    forward convolutions that the operators' gradients are made of."""
-    x, k = _batch(2, 3, 8, 4, 21, dtype=torch.float32)
-    y = torch.rand(2, 3, 8, 8)
-    x.requires_grad_(True)
-    k.requires_grad_(True)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        r = physics.blur_downsample(x, k, 4) - y
-        g_k = physics.kernel_gradient(x, r, 21, 4)
-        g_x = physics.transpose_upsample(r, k, 4)
-        (g_k.sum() + g_x.pow(2).sum()).backward()
-    names = {event.key for event in prof.key_averages()}
-    assert "aten::convolution" in names
-    assert not {name for name in names if "convolution_backward" in name}
 
 
 def _op_names(fn):

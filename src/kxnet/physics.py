@@ -201,6 +201,12 @@ class _Taps(torch.autograd.Function):
         return grad_xp, grad_e, None, None
 
 
+def _differentiable(function: type[torch.autograd.Function], plain: Callable, *args):
+    """``function.apply(*args)``; under torch.compile and torch.export the ``plain`` convolution,
+    which they differentiate themselves."""
+    return plain(*args) if is_compiling() else function.apply(*args)
+
+
 def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
     """``A_k x = (x ⊗ k)↓s`` (Eq. 1): B×C×H×W, B×p×p → B×C×(H/s)×(W/s), one strided convolution.
 
@@ -208,9 +214,7 @@ def blur_downsample(x: Tensor, k: Tensor, scale: int) -> Tensor:
     """
     check_shapes(x, k, scale)
     xp, k = _pad(x, k.shape[-1]), k.to(x.dtype)
-    if is_compiling():  # torch.compile and torch.export differentiate it
-        return _correlate(xp, k, scale)
-    return _Correlate.apply(xp, k, scale)
+    return _differentiable(_Correlate, _correlate, xp, k, scale)
 
 
 def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
@@ -221,9 +225,7 @@ def transpose_upsample(e: Tensor, k: Tensor, scale: int) -> Tensor:
     _check_kernels(k, e.shape[0], scale)
     height, width = e.shape[-2] * scale, e.shape[-1] * scale
     p = k.shape[-1]
-    k = k.to(e.dtype)
-    compiling = is_compiling()
-    full = _spread(e, k, scale) if compiling else _Spread.apply(e, k, scale)
+    full = _differentiable(_Spread, _spread, e, k.to(e.dtype), scale)
     return full[..., p // 2 : p // 2 + height, p // 2 : p // 2 + width]
 
 
