@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 
 import lightning.pytorch as pl
 import pytest
@@ -16,7 +17,8 @@ from kxnet.train.progress import LogProgress, StepProgressBar, format_duration, 
 from trainhelp import run_train
 
 LINE = re.compile(
-    r"step (\d+)/(\d+) \((\d+)%\) \| loss [0-9.e+-]+ \| [0-9.e+]+ it/s \| ETA \w+"
+    r"step (\d+)/(\d+) \((\d+)%\) \| loss [0-9.e+-]+ \| [0-9.e+]+ it/s \| ETA (\w+)"
+    r"( \(time budget\))?"
     r"(?: \| val/psnr ([0-9.]+) \(step (\d+)\))?$"
 )
 
@@ -61,10 +63,11 @@ def test_log_progress_writes_a_line_every_n_steps(tmp_path, caplog):
     messages = _progress_records(caplog)
     lines = [LINE.match(m) for m in messages if m.startswith("step ")]
     assert all(lines), messages
+    assert not any(m[5] for m in lines), messages
     assert [(int(m[1]), int(m[2])) for m in lines] == [(4, 12), (8, 12), (12, 12)]
     assert [int(m[3]) for m in lines] == [33, 67, 100]
     # The last validation before each line (epochs of 5 steps: validations at 5 and 10).
-    assert [m[4] and (float(m[4]), int(m[5])) for m in lines] == [None, (25.0, 5), (30.0, 10)]
+    assert [m[6] and (float(m[6]), int(m[7])) for m in lines] == [None, (25.0, 5), (30.0, 10)]
     assert "validation at step 5: val/psnr 25.0000" in messages
     assert messages[0] == "training from step 0 to 12, a progress line every 4 steps"
 
@@ -80,6 +83,40 @@ def test_log_progress_closes_with_the_last_step_and_stays_off_on_a_terminal(
     monkeypatch.setattr(progress, "_stdout_is_terminal", lambda: True)
     _fit(tmp_path, [LogProgress(every_n_steps=5, when="auto")], enable_progress_bar=False)
     assert _progress_records(caplog) == []
+
+
+class _PacedModel(_Model):
+    """Training steps of at least 20 ms, so that a time budget of a second ends the run."""
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.02)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_time_left_is_the_time_budgets_when_that_ends_the_run_first(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kxnet.train.progress")
+    trainer = pl.Trainer(
+        max_steps=100_000,
+        max_time={"seconds": 2},
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[LogProgress(every_n_steps=10, when="always")],
+    )
+    trainer.fit(_PacedModel())
+    messages = _progress_records(caplog)
+    assert messages[0] == (
+        "training from step 0 to 100000 or for 2s (trainer.max_time), whichever ends first, "
+        "a progress line every 10 steps"
+    )
+    lines = [LINE.match(m) for m in messages if m.startswith("step ")]
+    assert len(lines) >= 3 and all(lines), messages
+    assert all(m[5] for m in lines), messages
+    assert all(m[4].endswith("s") and "m" not in m[4] and int(m[4][:-1]) <= 2 for m in lines)
+    assert 10 <= trainer.global_step < 100
 
 
 def test_log_progress_refuses_bad_settings():
@@ -142,7 +179,7 @@ def test_piped_training_writes_progress_and_the_final_table_to_train_log(tmp_pat
     log = (tmp_path / "train.log").read_text()
     lines = [m for m in map(LINE.search, log.splitlines()) if m]
     assert [(int(m[1]), int(m[2])) for m in lines] == [(2, 6), (4, 6), (6, 6)], log
-    assert lines[0][4] is None and float(lines[-1][4]) > 20  # the last validation's PSNR
+    assert lines[0][6] is None and float(lines[-1][6]) > 20  # the last validation's PSNR
     assert "validation at step 3: val/psnr" in log and "Trained 6 steps in" in log
     table = "Tiny x2 Setting 1, noise 0:"
     assert table in log and "KXNet (this run, S = 2)" in log and " dB" in log

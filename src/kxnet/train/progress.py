@@ -20,9 +20,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, Timer
 
-__all__ = ["LogProgress", "StepProgressBar", "format_duration", "report", "total_steps"]
+__all__ = [
+    "LogProgress",
+    "StepProgressBar",
+    "format_duration",
+    "report",
+    "time_budget_left",
+    "total_steps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,16 @@ def total_steps(trainer: pl.Trainer) -> int | None:
     except Exception:  # no loader yet, or one without a length
         return None
     return int(steps) if math.isfinite(steps) else None
+
+
+def time_budget_left(trainer: pl.Trainer) -> float | None:
+    """Seconds left of the training time budget (``trainer.max_time``, Lightning's
+    :class:`~lightning.pytorch.callbacks.Timer`, resumed runs included), None without one."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer):
+            left = callback.time_remaining("train")
+            return None if left is None else max(float(left), 0.0)
+    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -148,8 +165,10 @@ class LogProgress(pl.Callback):
     ``step 1200/2000 (60%) | loss 0.01234 | 1.59 it/s | ETA 8m23s | val/psnr 31.20 (step 1000)``
 
     The loss is the mean over the steps since the previous line (skipped, non-finite steps left
-    out); the speed is measured over the same steps; the time left assumes it holds. After each
-    validation of the fit, a line with ``metric`` and the step. Only rank 0 writes.
+    out); the speed is measured over the same steps; the time left assumes it holds, or is what
+    remains of ``trainer.max_time`` where that budget ends the run first (``ETA 4m10s (time
+    budget)``). After each validation of the fit, a line with ``metric`` and the step. Only rank 0
+    writes.
 
     Args:
         every_n_steps: steps between two lines.
@@ -182,10 +201,14 @@ class LogProgress(pl.Callback):
         self._mark_step = trainer.global_step
         if self.active:
             total = total_steps(trainer)
+            budget = time_budget_left(trainer)
             log.info(
-                "training from step %d to %s, a progress line every %d steps",
+                "training from step %d to %s%s, a progress line every %d steps",
                 trainer.global_step,
                 total if total is not None else "the end",
+                ""
+                if budget is None
+                else f" or for {format_duration(budget)} (trainer.max_time), whichever ends first",
                 self.every_n_steps,
             )
 
@@ -212,8 +235,12 @@ class LogProgress(pl.Callback):
         if self._losses:
             parts.append(f"loss {float(torch.stack(self._losses).float().mean()):.5g}")
         parts.append(f"{rate:.3g} it/s")
-        if total:
-            parts.append(f"ETA {format_duration(max(total - step, 0) / rate)}")
+        left = max(total - step, 0) / rate if total else None
+        budget = time_budget_left(trainer)
+        if budget is not None and (left is None or budget < left):
+            parts.append(f"ETA {format_duration(budget)} (time budget)")
+        elif left is not None:
+            parts.append(f"ETA {format_duration(left)}")
         if self._last_val is not None:
             value, at = self._last_val
             parts.append(f"{self.metric} {value:.2f} (step {at})")
