@@ -34,7 +34,9 @@ class _Model(BoringModel):
         return super().validation_step(batch, batch_idx)
 
 
-def _fit(tmp_path, callbacks, **trainer_args) -> pl.Trainer:
+def _fit(
+    tmp_path, callbacks, model: pl.LightningModule | None = None, **trainer_args
+) -> pl.Trainer:
     args = dict(
         max_steps=12,
         max_epochs=-1,
@@ -49,7 +51,7 @@ def _fit(tmp_path, callbacks, **trainer_args) -> pl.Trainer:
         callbacks=callbacks,
     )
     trainer = pl.Trainer(**(args | trainer_args))
-    trainer.fit(_Model())
+    trainer.fit(model or _Model())
     return trainer
 
 
@@ -95,18 +97,14 @@ class _PacedModel(_Model):
 
 def test_the_time_left_is_the_time_budgets_when_that_ends_the_run_first(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="kxnet.train.progress")
-    trainer = pl.Trainer(
+    trainer = _fit(
+        tmp_path,
+        [LogProgress(every_n_steps=10, when="always")],
+        _PacedModel(),
         max_steps=100_000,
         max_time={"seconds": 2},
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
         enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        callbacks=[LogProgress(every_n_steps=10, when="always")],
     )
-    trainer.fit(_PacedModel())
     messages = _progress_records(caplog)
     assert messages[0] == (
         "training from step 0 to 100000 or for 2s (trainer.max_time), whichever ends first, "
