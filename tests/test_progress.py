@@ -143,6 +143,35 @@ def test_rich_bar_counts_the_runs_steps_and_shows_the_epoch(tmp_path):
     assert any(epoch == 1 and 5 < n <= 10 for epoch, n, _ in counts), counts
 
 
+# The time column of a frame: "0:00:01 • 0:00:02 (time budget)" (elapsed • time left).
+TIME = re.compile(r"(\d+):(\d\d):(\d\d) • (\d+):(\d\d):(\d\d)( \(time budget\))?")
+
+
+def _seconds(h: str, m: str, s: str) -> int:
+    return (int(h) * 60 + int(m)) * 60 + int(s)
+
+
+def test_the_rich_bars_time_left_is_the_time_budgets_when_that_ends_the_run_first(tmp_path):
+    def frames(**trainer_args) -> list[tuple[int, int, bool]]:
+        screen = io.StringIO()
+        console = {"force_terminal": True, "file": screen, "width": 160, "color_system": None}
+        _fit(tmp_path, [StepProgressBar(console_kwargs=console)], _PacedModel(), **trainer_args)
+        return [
+            (_seconds(*t[:3]), _seconds(*t[3:6]), bool(t[6]))
+            for t in TIME.findall(screen.getvalue())
+        ]
+
+    # 100000 steps of 20 ms and more: the 3 s budget ends the run, and the bar says so.
+    budgeted = frames(max_steps=100_000, max_time={"seconds": 3}, limit_train_batches=50)
+    late = [(left, flag) for elapsed, left, flag in budgeted if elapsed >= 1]
+    assert late and all(flag and left <= 2 for left, flag in late), budgeted
+    # Without a budget (or with one that the steps end first) the bar's time left is the steps'.
+    unbounded = frames(max_steps=60, limit_train_batches=50)
+    generous = frames(max_steps=60, max_time={"minutes": 30}, limit_train_batches=50)
+    assert unbounded and generous
+    assert not any(flag for *_, flag in unbounded + generous)
+
+
 def test_report_prints_where_no_handler_shows_the_log(capsys, caplog):
     log = logging.getLogger("kxnet.test.report")
     report(log, "the table")

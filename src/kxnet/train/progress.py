@@ -4,7 +4,8 @@ log lines everywhere else (a log file, SLURM, nohup), where the bar draws nothin
 - :class:`StepProgressBar`: Lightning's :class:`~lightning.pytorch.callbacks.RichProgressBar`,
   counting the steps of the whole run (``step/max_steps``, its speed and time left) instead of the
   batches of one epoch, and showing ``Epoch N`` (not Lightning's ``Epoch N/-2`` when training is
-  bounded by steps, ``max_epochs=-1``).
+  bounded by steps, ``max_epochs=-1``); its time left is the time budget's where that ends the
+  run first.
 - :class:`LogProgress`: every ``every_n_steps`` steps, one line through :mod:`logging` (so that
   Hydra's ``train.log`` has it): step/total, the mean loss since the last line, steps per
   second, the time left and the last validation value; and one line after each validation.
@@ -16,11 +17,15 @@ import logging
 import math
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import RichProgressBar, Timer
+from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 __all__ = [
     "LogProgress",
@@ -104,16 +109,55 @@ def _stdout_is_terminal() -> bool:
         return False
 
 
+def _clock(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))
+
+
+class _TimeColumn(ProgressColumn):
+    """``elapsed • time left`` of a task, the time left being what remains of the training time
+    budget (``trainer.max_time``) where that ends the run before the task's speed says it would
+    finish: ``0:04:10 (time budget)``."""
+
+    max_refresh = 0.5
+
+    def __init__(self, bar: StepProgressBar, style: Any) -> None:
+        self.bar = bar
+        self.style = style
+        super().__init__()
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.finished_time if task.finished else task.elapsed
+        left, why = task.time_remaining, ""
+        budget = self.bar.time_budget_left(task)
+        unbounded = task.total is None or math.isinf(task.total)
+        if budget is not None and (unbounded or (left is not None and budget < left)):
+            left, why = budget, " (time budget)"
+        return Text(f"{_clock(elapsed)} • {_clock(left)}{why}", style=self.style)
+
+
 class StepProgressBar(RichProgressBar):
     """Lightning's rich bar, counting the whole run's steps when the run is bounded by steps.
 
     Takes every argument of :class:`~lightning.pytorch.callbacks.RichProgressBar`. With
     ``trainer.max_steps`` set, the training bar reads ``Epoch N  step/max_steps`` and keeps its
-    speed and time left across epochs; otherwise it is Lightning's per-epoch bar.
+    speed and time left across epochs; otherwise it is Lightning's per-epoch bar. Where
+    ``trainer.max_time`` ends the run first, the training bar's time left is the budget's.
     """
 
     def _by_steps(self) -> bool:
         return self._trainer is not None and (self.trainer.max_steps or -1) > 0
+
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        return [
+            _TimeColumn(self, column.style) if isinstance(column, CustomTimeColumn) else column
+            for column in super().configure_columns(trainer)
+        ]
+
+    def time_budget_left(self, task: Task) -> float | None:
+        """Seconds left of ``trainer.max_time`` for the training bar's ``task``, else None."""
+        if self._trainer is None or task.id != self.train_progress_bar_id:
+            return None
+        return time_budget_left(self.trainer)
 
     @property
     def total_train_batches(self) -> int | float:
