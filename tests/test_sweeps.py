@@ -36,7 +36,7 @@ def test_hparams_search_is_an_optuna_multirun_over_keys_of_the_quick_preset(tmp_
         assert OmegaConf.select(cfg, key) is not None and space.startswith("tag(log, interval(")
     # What it maximises is what train() returns and the best checkpoint is chosen on.
     assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == "val/psnr"
-    assert cfg.task_name == "quick" and cfg.eval is None and cfg.model.net.stages == 4
+    assert cfg.task_name == "quick" and cfg.eval is None and cfg.model.net.stages == 2
 
 
 def test_local_launcher_mirrors_the_slurm_preset(tmp_path):
