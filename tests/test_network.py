@@ -280,10 +280,26 @@ def test_stage_kernels_are_checked():
 
 
 @pytest.mark.slow
+def test_compiled_stages_train_after_images_of_other_sizes_as_eager_does():
+    """Validation images of several sizes, then training patches: Inductor's dynamic shapes
+    could not lower this sequence (Setting 1, p = 21); each size compiles as a static graph."""
+    torch.manual_seed(3)
+    eager = KXNet(scale=2, stages=1)
+    compiled = KXNet(scale=2, stages=1, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    eager.eval(), compiled.eval()
+    with torch.no_grad():
+        for height, width in [(20, 24), (18, 22)]:
+            lr = torch.rand(1, 3, height, width)
+            torch.testing.assert_close(compiled(lr).sr, eager(lr).sr, atol=1e-5, rtol=1e-4)
+    eager.train(), compiled.train()
+    _assert_same_training(eager, compiled, torch.rand(2, 3, 16, 16), scale=10.0)
+
+
+@pytest.mark.slow
 def test_compiled_stages_restore_images_of_changing_size_as_eager_does():
-    """Tiles and photos come in many sizes: the compiled stages recompile for dynamic shapes,
-    where the data terms' convolutions (and the kernel gradient's image-sized filter) must still
-    lower."""
+    """Tiles and photos come in many sizes: the compiled stages recompile for each, where the
+    data terms' convolutions (and the kernel gradient's image-sized filter) must still lower."""
     eager, compiled = _twins(compile=True, channels_last=False)
     with torch.no_grad():
         for height, width in [(12, 12), (14, 18), (20, 16)]:

@@ -107,11 +107,17 @@ class KXNet(nn.Module):
 
     def compile_stages(self, compile: bool | str = True) -> None:
         """``torch.compile`` each stage (``compile`` as in the constructor; False: nothing);
-        the weights, their names and the results stay those of the eager network."""
+        the weights, their names and the results stay those of the eager network.
+
+        Shapes stay static: each new input size compiles again (up to torch's recompile limit,
+        then that stage runs eager). Inductor's dynamic shapes fail to lower the stages for some
+        sequences of sizes (validation images before training patches, or photos of different
+        sizes: an undecidable comparison of padded strides).
+        """
         if compile:
             mode = None if compile is True else str(compile)
             for stage in self.stages:
-                stage.compile(mode=mode)
+                stage.compile(mode=mode, dynamic=False)
 
     @property
     def num_stages(self) -> int:
