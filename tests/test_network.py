@@ -287,12 +287,14 @@ def test_compiled_stages_train_after_images_of_other_sizes_as_eager_does():
     eager = KXNet(scale=2, stages=1)
     compiled = KXNet(scale=2, stages=1, compile=True)
     compiled.load_state_dict(eager.state_dict())
-    eager.eval(), compiled.eval()
+    eager.eval()
+    compiled.eval()
     with torch.no_grad():
         for height, width in [(20, 24), (18, 22)]:
             lr = torch.rand(1, 3, height, width)
             torch.testing.assert_close(compiled(lr).sr, eager(lr).sr, atol=1e-5, rtol=1e-4)
-    eager.train(), compiled.train()
+    eager.train()
+    compiled.train()
     _assert_same_training(eager, compiled, torch.rand(2, 3, 16, 16), scale=10.0)
 
 

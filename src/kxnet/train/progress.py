@@ -109,6 +109,17 @@ def _stdout_is_terminal() -> bool:
         return False
 
 
+def _time_left(
+    left: float | None, budget: float | None, unbounded: bool
+) -> tuple[float | None, bool]:
+    """The time left, and whether it is the time budget's: ``budget`` (seconds left of
+    ``trainer.max_time``) where it ends the run before ``left`` (the steps' time left, None when
+    unknown) would, or where the steps are ``unbounded``."""
+    if budget is not None and (unbounded or (left is not None and budget < left)):
+        return budget, True
+    return left, False
+
+
 def _clock(seconds: float | None) -> str:
     return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))
 
@@ -127,11 +138,9 @@ class _TimeColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         elapsed = task.finished_time if task.finished else task.elapsed
-        left, why = task.time_remaining, ""
-        budget = self.bar.time_budget_left(task)
         unbounded = task.total is None or math.isinf(task.total)
-        if budget is not None and (unbounded or (left is not None and budget < left)):
-            left, why = budget, " (time budget)"
+        left, budgets = _time_left(task.time_remaining, self.bar.time_budget_left(task), unbounded)
+        why = " (time budget)" if budgets else ""
         return Text(f"{_clock(elapsed)} • {_clock(left)}{why}", style=self.style)
 
 
@@ -279,12 +288,10 @@ class LogProgress(pl.Callback):
         if self._losses:
             parts.append(f"loss {float(torch.stack(self._losses).float().mean()):.5g}")
         parts.append(f"{rate:.3g} it/s")
-        left = max(total - step, 0) / rate if total else None
-        budget = time_budget_left(trainer)
-        if budget is not None and (left is None or budget < left):
-            parts.append(f"ETA {format_duration(budget)} (time budget)")
-        elif left is not None:
-            parts.append(f"ETA {format_duration(left)}")
+        steps_left = max(total - step, 0) / rate if total else None
+        left, budgets = _time_left(steps_left, time_budget_left(trainer), unbounded=not total)
+        if left is not None:
+            parts.append(f"ETA {format_duration(left)}" + (" (time budget)" if budgets else ""))
         if self._last_val is not None:
             value, at = self._last_val
             parts.append(f"{self.metric} {value:.2f} (step {at})")
